@@ -109,6 +109,15 @@ def test_chat_letters_have_no_leading_space(tokenizer):
     assert result.accuracy.value == pytest.approx(GOLD.count(1) / len(GOLD))
 
 
+def test_chat_letters_need_one_forward_pass_per_question(tokenizer):
+    # the assistant header's newline stays in the prompt: every letter is one token
+    # after the same context, so the four letters share one forward pass
+    model = uniform_lm(len(tokenizer))
+    scorer = Scorer(model, tokenizer, batch_size=1)
+    evaluate_mcqa(scorer, make_records(), chat=True)
+    assert len(model.calls) == len(GOLD)
+
+
 def test_few_shot_scoring_runs_and_keeps_answers(tokenizer):
     records = make_records()
     scorer = Scorer(preferring_lm(len(tokenizer), [tokenizer.encode(" D")[0]]), tokenizer)

@@ -51,6 +51,14 @@ def test_encode_pair_moves_trailing_space_and_splits_the_joined_string(tiny):
     assert context_ids == scorer.encode("Answer:")
     assert context_ids + continuation_ids == scorer.encode("Answer: A")
     assert scorer.encode_pair("", "hello") == ([scorer.prefix_token_id], scorer.encode("hello"))
+    # a chat prompt keeps its final newline: the answer is the letter alone
+    header = "<|im_start|>assistant\n"
+    kept = scorer.encode_pair(header, "A", move_whitespace=False)
+    assert kept == (
+        scorer.encode(header),
+        scorer.encode(header + "A")[len(scorer.encode(header)) :],
+    )
+    assert scorer.encode_pair(header, "A")[0] == scorer.encode(header[:-1])
 
 
 def test_loglikelihood_matches_an_unbatched_full_forward(tiny):

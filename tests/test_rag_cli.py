@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tutorlm.cli import main
@@ -62,3 +64,42 @@ def test_ask_answers_with_the_passages_it_was_given(notes_index, tiny_model_dir,
     # a random tiny model cites nothing, so every note given is listed
     assert "The answer cites none of the notes; the notes it was given:" in out
     assert "\n[1] notes/physics.md, Physics > Newton's laws\n" in out and "\n[2] notes/" in out
+
+
+@pytest.mark.slow
+def test_eval_rag_ablates_the_sources_of_an_index(notes_index, tiny_model_dir, tmp_path, capsys):
+    from tutorlm.data.formats import write_records
+    from tutorlm.rag.ablation import notes_mcqa_records
+
+    questions = tmp_path / "notes-mcqa.jsonl"
+    write_records(questions, [r.model_dump() for r in notes_mcqa_records()[:4]])
+    out = tmp_path / "ablation"
+    args = ["eval", "--model", str(tiny_model_dir), "--rag", str(notes_index)]
+    capsys.readouterr()
+    assert main([*args, "--mcqa", str(questions), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    conditions = ["no retrieval"] + [
+        f"k={k}, {size}-token chunks" for size in (64, 200) for k in (1, 3, 5)
+    ]
+    for condition in conditions:
+        assert f"| {condition} |" in printed
+    table = json.loads((out / "ablation.json").read_text())
+    assert table["n"] == 4 and table["method"] == "choice"
+    assert [row["condition"] for row in table["rows"]] == conditions
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4 * len(conditions)
+
+
+def test_eval_rag_needs_questions_and_scores_mcqa_only(tmp_path, capsys):
+    from tutorlm.rag.store import FORMAT, MANIFEST
+
+    index = tmp_path / "index"
+    index.mkdir()
+    manifest = {"format": FORMAT, "files": {}, "embedder": {"name": "bundled:all-minilm-l6-v2"}}
+    (index / MANIFEST).write_text(json.dumps(manifest))
+    args = ["eval", "--model", "m", "--rag", str(index)]
+    assert main(args) == 1
+    assert "--rag needs MCQA questions" in capsys.readouterr().err
+    assert main([*args, "--prefs", str(tmp_path / "p.jsonl")]) == 1
+    assert "--rag scores MCQA only" in capsys.readouterr().err
+    assert main(["eval", "--model", "m", "--rag", str(tmp_path), "--mcqa", "x.jsonl"]) == 1
+    assert "not a RAG index" in capsys.readouterr().err

@@ -12,8 +12,10 @@ from tutorlm.train.config import TrainConfig
 from tutorlm.train.runtime import (
     TrainError,
     bf16_is_fast,
+    cores_busy_between,
     cpu_flags,
     cpu_has_fast_bf16,
+    cpu_times,
     thread_count,
 )
 from tutorlm.train.trl_args import build_args, check_trl_sections
@@ -96,7 +98,8 @@ def test_cpu_flags_decide_bf16(tmp_path):
 def test_thread_count_shares_cores_and_leaves_busy_ones(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr("os.getloadavg", lambda: (0.3, 0.0, 0.0))
+    busy = {"cores": 0.3}
+    monkeypatch.setattr("tutorlm.train.runtime.busy_cores_elsewhere", lambda: busy["cores"])
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert thread_count("auto") == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -104,13 +107,37 @@ def test_thread_count_shares_cores_and_leaves_busy_ones(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert thread_count("auto") == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    monkeypatch.setattr("os.getloadavg", lambda: (2.6, 0.0, 0.0))  # three cores busy elsewhere
+    busy["cores"] = 2.6  # three cores busy elsewhere
     assert thread_count("auto") == 1
-    monkeypatch.setattr("os.getloadavg", lambda: (14.0, 0.0, 0.0))
+    busy["cores"] = 14.0
     assert thread_count("auto") == 1
+    busy["cores"] = 1.4
+    assert thread_count("auto") == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    busy["cores"] = 0.0
     assert thread_count("auto") == 3
     assert thread_count(5) == 5
+
+
+def test_busy_cores_count_other_processes_not_this_one(tmp_path):
+    def sample(user, idle, own_ticks):
+        stat = tmp_path / "stat"
+        stat.write_text(
+            f"cpu  {user} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0\n"
+        )
+        own = tmp_path / "self"
+        own.write_text(f"42 (python (x)) R 1 2 3 4 5 6 7 8 9 10 {own_ticks} 0 0 0\n")
+        return cpu_times(stat, own)
+
+    first = sample(user=1000, idle=5000, own_ticks=100)
+    assert first == (1000, 6000, 2, 100)
+    # 100 ticks per CPU pass: 150 busy ticks, 100 of them this process's own
+    second = sample(user=1150, idle=5050, own_ticks=200)
+    assert cores_busy_between(first, second) == pytest.approx(0.5)
+    # all busy time was this process's: nothing elsewhere
+    third = sample(user=1300, idle=5100, own_ticks=350)
+    assert cores_busy_between(second, third) == 0.0
+    assert cpu_times(tmp_path / "missing", tmp_path / "self") is None
 
 
 def test_qlora_on_this_cpu_fails_with_what_is_missing(tiny_model_dir, tmp_path):

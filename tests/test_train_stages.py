@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_support import load_tiny_recipe, preference_records, write_jsonl, write_run_data
+from test_train_support import (
+    load_tiny_recipe,
+    preference_records,
+    sft_records,
+    write_jsonl,
+    write_run_data,
+)
 
 from tutorlm.train.runtime import TrainError
 
@@ -262,6 +268,35 @@ def test_model_without_pad_token_gets_one_and_recipe_template_is_saved(
     assert (
         load_file(merged / "model.safetensors")["model.embed_tokens.weight"].shape[0] == vocab + 1
     )
+
+
+def test_resume_continues_only_a_run_with_the_same_settings_and_data(tiny_model_dir, tmp_path):
+    from tutorlm.train.sft import train_sft
+
+    recipe = load_tiny_recipe(tiny_model_dir, tmp_path / "runs", sft={"max_steps": 1})
+    write_run_data(recipe.run_dir)
+    first = train_sft(recipe)
+    trained = load_file(first.adapter_dir / "adapter_model.safetensors")
+    same = train_sft(recipe, resume=True)
+    # a finished run is loaded, not trained one step further (transformers would)
+    assert same.summary["resumed_from_step"] == 1 and same.global_step == 1
+    reloaded = load_file(same.adapter_dir / "adapter_model.safetensors")
+    assert reloaded.keys() == trained.keys()
+    assert all(torch.equal(reloaded[name], trained[name]) for name in trained)
+    # another learning rate: the old checkpoints are not resumed from
+    changed = load_tiny_recipe(
+        tiny_model_dir, tmp_path / "runs", sft={"max_steps": 1, "learning_rate": 0.5}
+    )
+    fresh = train_sft(changed, resume=True)
+    assert fresh.summary["resumed_from_step"] is None and fresh.global_step == 1
+    # a DPO-only change leaves SFT's checkpoints usable
+    dpo_only = load_tiny_recipe(
+        tiny_model_dir, tmp_path / "runs", beta=0.3, sft={"max_steps": 1, "learning_rate": 0.5}
+    )
+    assert train_sft(dpo_only, resume=True).summary["resumed_from_step"] == 1
+    # rebuilt data: not resumed from either
+    write_jsonl(recipe.run_dir / "data" / "sft.train.jsonl", sft_records(6))
+    assert train_sft(dpo_only, resume=True).summary["resumed_from_step"] is None
 
 
 def test_dpo_from_m1_needs_sft_first(tiny_model_dir, tmp_path):

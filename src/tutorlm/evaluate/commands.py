@@ -3,6 +3,8 @@
 tutorlm eval recipes/demo.yaml --model bundled:smollm2-135m-instruct [--tasks mmlu_stem,...]
 tutorlm eval --model SPEC --mcqa FILE.jsonl --out DIR     (+ DIR/predictions.jsonl)
 tutorlm eval --compare runs/demo/eval/m0 runs/demo/eval/m1 ...
+tutorlm eval recipes/demo.yaml --model runs/demo/dpo/merged --rag runs/demo/rag/index
+                                 (MCQA with and without retrieval, every k and chunk size)
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare", type=Path, nargs="+", metavar="PATH", help="results.json files or folders"
     )
+    parser.add_argument(
+        "--rag",
+        type=Path,
+        metavar="DIR",
+        help="retrieval ablation: MCQA (the recipe's notes questions, or --mcqa) with and "
+        "without notes from the sources indexed in DIR, for each k and chunk size",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -96,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     progress = not args.no_progress and sys.stderr.isatty()
+    if args.rag:
+        return _run_rag_ablation(args, echo)
     if args.recipe:
         if any(direct):
             raise ScorerError("give either a recipe or files (--mcqa, --prefs, ...), not both")
@@ -140,6 +151,59 @@ def _run(args: argparse.Namespace) -> int:
     for reason in results["skipped"].values():
         print(f"not run: {reason}", file=sys.stderr)
     return 1 if results["skipped"] else 0
+
+
+def _run_rag_ablation(args: argparse.Namespace, echo) -> int:
+    """``--rag DIR``: the retrieval ablation on the sources of the index in DIR."""
+    from tutorlm.evaluate.scorer import ScorerError
+    from tutorlm.rag.ablation import index_sources, notes_questions, run_rag_ablation
+    from tutorlm.rag.config import RagConfig
+    from tutorlm.rag.store import read_manifest
+
+    others = [args.prefs, args.perplexity, args.choice, args.generation, args.tasks]
+    if any(others):
+        raise ScorerError("--rag scores MCQA only: drop --prefs/--perplexity/--choice/--tasks")
+    sources, embedder = index_sources(args.rag), read_manifest(args.rag)["embedder"]["name"]
+    recipe = None
+    if args.recipe:
+        from tutorlm.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe, list(args.overrides))
+    if args.mcqa:
+        from tutorlm.data.formats import read_records
+
+        records = read_records(args.mcqa, "mcqa", strict=True).records
+    elif recipe is not None:
+        records = notes_questions(recipe.run_dir / "data" / "mcqa.test.jsonl")
+    else:
+        raise ScorerError("--rag needs MCQA questions: a recipe (its notes questions) or --mcqa")
+    if args.limit:
+        records = records[: args.limit]
+    if not records:
+        raise ScorerError("--rag: no MCQA questions to score")
+    out = args.out or (recipe.run_dir / "eval" / "rag" if recipe else None)
+    if out is None:
+        raise ScorerError("--out DIR is required without a recipe")
+    settings = recipe.rag if recipe is not None else RagConfig()
+    chat = args.chat if args.chat is not None else bool(recipe and recipe.eval.chat)
+    table = run_rag_ablation(
+        args.model,
+        records,
+        sources,
+        ks=settings.ablation_ks,
+        chunk_sizes=settings.ablation_chunk_tokens,
+        out_dir=out,
+        mode=settings.mode,
+        budget_tokens=settings.budget_tokens,
+        embedding_model=embedder,
+        method=args.method or "choice",
+        chat=chat,
+        seed=recipe.seed if recipe is not None else 0,
+        log=echo,
+    )
+    print(table.markdown(), end="")
+    print(f"table: {table.files['markdown']}  plot: {table.files['plot']}")
+    return 0
 
 
 EVAL = Command(

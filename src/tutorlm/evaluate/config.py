@@ -70,9 +70,12 @@ class EvalConfig(BaseModel):
     reward_reference: str | None = None
     """Reference model of the reward (spec); None means the recipe's base model."""
     generation_file: str | None = None
-    """SFT-format JSONL whose last assistant turns are the references (``generation`` task)."""
+    """SFT-format JSONL whose last assistant turns are the references (``generation``
+    task); None means the run's held-out SFT split, ``<run_dir>/data/sft.val.jsonl``."""
     generation_max_new_tokens: int = Field(default=256, ge=1)
     """Longest generated answer, in tokens."""
+    generation_limit: int | None = Field(default=None, ge=1)
+    """Generate answers for only the first N items (generating is the slowest task)."""
     choice_file: str | None = None
     """JSONL of ``{context, endings, label}`` items for the ``choice`` task."""
 

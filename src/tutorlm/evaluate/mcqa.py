@@ -269,13 +269,14 @@ def evaluate_mcqa(
         )
     started = time.perf_counter()
     unit = "q" if method == "letter" else "choice"  # letters: one forward pass per question
-    scores = _score(scorer, per_question, f"mcqa {method}", unit)
+    scores = _score(scorer, per_question, f"mcqa {method}", unit, chat)
     rechecked = 0
     if recheck is not None:
         close = close_calls(records, scores, method, recheck_margin)
         if close:
             checker = recheck if isinstance(recheck, Scorer) else recheck()
-            fresh = _score(checker, [per_question[i] for i in close], "recheck fp32", unit)
+            asked = [per_question[i] for i in close]
+            fresh = _score(checker, asked, "recheck fp32", unit, chat)
             for index, logprobs in zip(close, fresh, strict=True):
                 scores[index] = logprobs
             rechecked = len(close)
@@ -302,10 +303,11 @@ def evaluate_mcqa(
 
 
 def _score(
-    scorer: Scorer, per_question: list[list[tuple[str, str]]], desc: str, unit: str
+    scorer: Scorer, per_question: list[list[tuple[str, str]]], desc: str, unit: str, chat: bool
 ) -> list[list[float]]:
     flat = [request for requests in per_question for request in requests]
-    results = iter(scorer.loglikelihood(flat, desc=desc, unit=unit))
+    # a chat prompt's final newline is the assistant header's, not the answer's
+    results = iter(scorer.loglikelihood(flat, desc=desc, unit=unit, move_whitespace=not chat))
     return [[next(results).logprob for _ in requests] for requests in per_question]
 
 

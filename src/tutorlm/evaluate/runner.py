@@ -81,8 +81,9 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
             paths = [Path(p) for p in settings.perplexity_files] or [bundled_notes_dir()]
             specs.append(TaskSpec(name, "perplexity", paths, "set eval.perplexity_files"))
         elif name == "generation":
-            paths = [Path(settings.generation_file)] if settings.generation_file else []
-            specs.append(TaskSpec(name, "generation", paths, "set eval.generation_file"))
+            path = Path(settings.generation_file or data / "sft.val.jsonl")
+            hint = build if not settings.generation_file else "set eval.generation_file"
+            specs.append(TaskSpec(name, "generation", [path], hint))
         elif name == "choice":
             paths = [Path(settings.choice_file)] if settings.choice_file else []
             specs.append(TaskSpec(name, "choice", paths, "set eval.choice_file"))
@@ -225,6 +226,7 @@ def _run_task(
         from tutorlm.evaluate.generation_metrics import evaluate_generation
 
         records = _limit(read_records(path, "sft").records, settings)
+        records = records[: settings.generation_limit] if settings.generation_limit else records
         result = evaluate_generation(
             scorer, records, max_new_tokens=settings.generation_max_new_tokens
         )

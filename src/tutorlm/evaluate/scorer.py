@@ -170,16 +170,21 @@ class Scorer:
         """Token ids of a text, without special tokens."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(
+        self, context: str, continuation: str, *, move_whitespace: bool = True
+    ) -> tuple[list[int], list[int]]:
         """Context and continuation tokens, split as lm-evaluation-harness splits them.
 
         Trailing whitespace of the context moves to the continuation, and the
         continuation's tokens are taken from the tokenization of the joined string,
-        so that " A" after "Answer:" is the token the model would write.
+        so that " A" after "Answer:" is the token the model would write. A chat
+        prompt ends in the assistant header's newline, which belongs to the prompt:
+        ``move_whitespace=False`` keeps it there (moved, it would make every
+        one-letter answer two tokens and cost the shared-context fast path).
         """
         if context == "":
             return [self.prefix_token_id], self.encode(continuation)
-        spaces = len(context) - len(context.rstrip())
+        spaces = len(context) - len(context.rstrip()) if move_whitespace else 0
         if spaces:
             continuation = context[-spaces:] + continuation
             context = context[:-spaces]
@@ -195,18 +200,22 @@ class Scorer:
         *,
         desc: str = "loglikelihood",
         unit: str = "ctx",
+        move_whitespace: bool = True,
     ) -> list[LoglikelihoodResult]:
         """log P(continuation | context) of each ``(context, continuation)`` request.
 
         Requests that share a context and have one-token continuations are scored
         together from one forward pass of the context. The progress bar counts
         forward-pass inputs (``unit``): one per shared context, one per other request.
+        ``move_whitespace``: see :meth:`encode_pair` (``False`` for chat prompts).
         """
         pairs = []
         for index, request in enumerate(requests):
             if not (isinstance(request, tuple | list) and len(request) == 2):
                 raise ScorerError(f"request {index}: expected (context, continuation)")
-            context_ids, continuation_ids = self.encode_pair(*request)
+            context_ids, continuation_ids = self.encode_pair(
+                *request, move_whitespace=move_whitespace
+            )
             if not continuation_ids:
                 raise ScorerError(f"request {index}: field 'continuation' encodes to no tokens")
             pairs.append((context_ids, continuation_ids))

@@ -84,12 +84,35 @@ def _run_dpo(recipe: Recipe, state: PipelineState) -> StageOutcome:
 # -- evaluation -----------------------------------------------------------------------
 
 
+def _eval_plan(recipe: Recipe, label: str) -> tuple[list[str], str | None]:
+    """The tasks of one model's evaluation and the reference of its reward.
+
+    The reward of a model is its implicit DPO reward against the model it was
+    trained from: M1 against M0, M2 against where DPO started (M1, or M0 with
+    ``train.dpo_start: m0``). M0 has no such reference (against itself every pair
+    ties), so its evaluation leaves ``reward`` out. An explicit
+    ``eval.reward_reference`` is used for every model.
+    """
+    tasks = list(recipe.eval.tasks)
+    if recipe.eval.reward_reference:
+        return tasks, recipe.eval.reward_reference
+    paths = model_paths(recipe)
+    if label == "M0":
+        return [task for task in tasks if task != "reward"], None
+    if label == "M1" or recipe.train.dpo_start == "m0" or not _sft_on(recipe):
+        return tasks, paths["M0"]
+    return tasks, paths["M1"]
+
+
 def _eval_stage(label: str):
     def run(recipe: Recipe, state: PipelineState) -> StageOutcome:
         from tutorlm.evaluate.runner import run_eval
 
         out_dir = recipe.run_dir / "eval" / label.lower()
-        results = run_eval(recipe, model_paths(recipe)[label], out_dir=out_dir)
+        tasks, reference = _eval_plan(recipe, label)
+        results = run_eval(
+            recipe, model_paths(recipe)[label], tasks=tasks, out_dir=out_dir, reference=reference
+        )
         shown = []
         for name, entry in results.get("tasks", {}).items():
             value = entry.get("accuracy", {}).get("value") if isinstance(entry, dict) else None
@@ -114,29 +137,20 @@ def _run_quantize(recipe: Recipe, state: PipelineState) -> StageOutcome:
     return StageOutcome(summary="comparison table written", outputs=[out_dir / "compare.md"])
 
 
-def _notes_mcqa(recipe: Recipe) -> list:
-    """The MCQA test questions written from the course notes (the RAG ablation's set)."""
-    from tutorlm.data.formats import read_records
-
-    path = recipe.run_dir / "data" / "mcqa.test.jsonl"
-    records = read_records(path, "mcqa", strict=False).records
-    notes = [r for r in records if r.source.startswith("notes")]
-    return notes[: recipe.eval.max_questions] if recipe.eval.max_questions else notes
-
-
 def rag_index_dir(recipe: Recipe) -> Path:
     """Where the run's notes index lives (the one chat and serve use)."""
     return Path(recipe.rag.index_dir or recipe.run_dir / "rag" / "index")
 
 
 def _run_rag(recipe: Recipe, state: PipelineState) -> StageOutcome:
-    from tutorlm.rag.ablation import run_rag_ablation
+    from tutorlm.rag.ablation import notes_questions, run_rag_ablation
     from tutorlm.rag.index import build_index
 
     settings = recipe.rag
     out_dir = recipe.run_dir / "rag"
     build_index(list(settings.sources), rag_index_dir(recipe), settings=settings.index_settings())
-    records = _notes_mcqa(recipe)
+    mcqa_test = recipe.run_dir / "data" / "mcqa.test.jsonl"
+    records = notes_questions(mcqa_test, recipe.eval.max_questions)
     if not records:
         return StageOutcome(
             summary="index built; no MCQA test questions from the notes, so no ablation",

@@ -127,6 +127,16 @@ def notes_mcqa_records(path: str | Path | None = None) -> list[MCQARecord]:
     return records
 
 
+def notes_questions(mcqa_file: str | Path, limit: int | None = None) -> list[MCQARecord]:
+    """The MCQA questions of ``mcqa_file`` (a run's ``mcqa.test.jsonl``) written from the
+    course notes (``source`` ``notes*``): their answers are in the indexed notes."""
+    from tutorlm.data.formats import read_records
+
+    records = read_records(mcqa_file, "mcqa", strict=False).records
+    notes = [record for record in records if record.source.startswith("notes")]
+    return notes[:limit] if limit else notes
+
+
 def index_sources(index_dir: str | Path) -> list[str]:
     """The files an existing index was built from (for ``eval --rag DIR``)."""
     return [entry["path"] for entry in read_manifest(index_dir)["files"].values()]

@@ -116,10 +116,14 @@ def train_dpo(recipe: Recipe, *, resume: bool = False, callbacks=()) -> StageRes
             val_set = precompute_reference_logps(
                 model, val_set, collator, batch_size=batch, bf16=args.bf16
             )
-    checkpoint = stage.start_output_dir(output_dir, resume=resume) if main else None
+    files = [train_file] + ([val_file] if val_file is not None else [])
+    fingerprint = stage.fingerprint(recipe, "dpo", base_path, files)
+    checkpoint = (
+        stage.start_output_dir(output_dir, resume=resume, fingerprint=fingerprint) if main else None
+    )
     PartialState().wait_for_everyone()
     if not main and resume:
-        checkpoint = stage.resume_point(output_dir)
+        checkpoint = stage.resume_point(output_dir, fingerprint)
 
     info = {
         "train_file": str(train_file),
@@ -140,7 +144,7 @@ def train_dpo(recipe: Recipe, *, resume: bool = False, callbacks=()) -> StageRes
     found, metrics = stage.callbacks(
         output_dir,
         model.generation_config,
-        {"stage": "dpo", "base_model": str(base_path)},
+        {"stage": "dpo", "base_model": str(base_path), "fingerprint": fingerprint},
         main_process=main,
     )
     trainer = TutorDPOTrainer(
@@ -168,7 +172,7 @@ def train_dpo(recipe: Recipe, *, resume: bool = False, callbacks=()) -> StageRes
             output_dir,
         )
     del model  # the trainer holds it; finish() releases it before the export
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    stage.train(trainer, checkpoint)
     if val_set is not None:
         trainer.evaluate()
     return stage.finish(

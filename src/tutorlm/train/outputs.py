@@ -43,8 +43,20 @@ def checkpoints(output_dir: Path) -> list[tuple[int, Path, bool]]:
     return sorted(found)
 
 
-def resume_point(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint; incomplete ones (cut by a kill) are removed."""
+def checkpoint_fingerprint(path: Path) -> str | None:
+    """The settings-and-data fingerprint a complete checkpoint was made with."""
+    try:
+        return json.loads((path / COMPLETE_MARKER).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def resume_point(output_dir: Path, fingerprint: str | None = None) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (cut by a kill) are removed.
+
+    With ``fingerprint``, a newest checkpoint made with other settings or data
+    is no place to resume from: ``None`` is returned, and the caller starts afresh.
+    """
     latest = None
     for _step, path, complete in checkpoints(output_dir):
         if complete:
@@ -54,6 +66,16 @@ def resume_point(output_dir: Path) -> Path | None:
                 "removing incomplete checkpoint %s (the run was killed while saving)", path
             )
             shutil.rmtree(path, ignore_errors=True)
+    if (
+        latest is not None
+        and fingerprint is not None
+        and checkpoint_fingerprint(latest) != fingerprint
+    ):
+        logger.warning(
+            "%s was made with other training settings, base model or data: not resuming from it",
+            latest,
+        )
+        return None
     return latest
 
 

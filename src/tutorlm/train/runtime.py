@@ -53,11 +53,10 @@ def thread_count(setting: int | str = "auto") -> int:
 
     ``auto``: ``OMP_NUM_THREADS`` if the user set it; else the cores this process
     may run on, divided among the processes of this node (``LOCAL_WORLD_SIZE``,
-    set by ``accelerate launch`` / ``torchrun``), and fewer when other work
-    already keeps cores busy (the 1-minute load average, rounded): OpenMP threads
-    that must share a core with another process spin at every barrier, and on
-    this 2-core machine under load one thread ran a training step 4x faster
-    than two.
+    set by ``accelerate launch`` / ``torchrun``), less the cores other processes
+    keep busy right now (:func:`busy_cores_elsewhere`): OpenMP threads that must
+    share a core with another process spin at every barrier, and on this 2-core
+    machine under load one thread ran a training step 4x faster than two.
     """
     if setting != "auto":
         return max(1, int(setting))
@@ -66,8 +65,51 @@ def thread_count(setting: int | str = "auto") -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    busy = int(busy_cores_elsewhere() + 0.5)
     return max(1, min(cores // local_processes, cores - busy))
+
+
+def busy_cores_elsewhere(window: float = 0.25) -> float:
+    """Cores other processes kept busy over the last ``window`` seconds.
+
+    Measured from ``/proc/stat`` less this process's own CPU time, not from the
+    load average: that average trails by a minute, so a pipeline's next stage
+    would count the stage that just finished in this same process as a stranger
+    and halve its threads. Elsewhere (no ``/proc``) the 1-minute load average.
+    """
+    import time
+
+    first = cpu_times()
+    if first is None:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    time.sleep(window)
+    second = cpu_times()
+    return cores_busy_between(first, second) if second is not None else 0.0
+
+
+def cpu_times(
+    stat: Path = Path("/proc/stat"), own: Path = Path("/proc/self/stat")
+) -> tuple[int, int, int, int] | None:
+    """(busy jiffies of all CPUs, all jiffies, CPU count, this process's jiffies)."""
+    try:
+        lines = stat.read_text().splitlines()
+        own_fields = own.read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    fields = [int(value) for value in lines[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    busy = user + nice + system + irq + softirq + steal
+    count = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    # after the ")" of the command name: state is field 0, utime 11, stime 12
+    mine = int(own_fields[11]) + int(own_fields[12])
+    return busy, busy + idle + iowait, max(1, count), mine
+
+
+def cores_busy_between(first: tuple, second: tuple) -> float:
+    """Cores busy with other processes between two :func:`cpu_times` samples."""
+    busy = (second[0] - first[0]) - (second[3] - first[3])
+    elapsed_per_cpu = (second[1] - first[1]) / second[2]
+    return max(0.0, busy / elapsed_per_cpu) if elapsed_per_cpu > 0 else 0.0
 
 
 def apply_threads(setting: int | str = "auto") -> int:

@@ -55,10 +55,14 @@ def train_sft(recipe: Recipe, *, resume: bool = False, callbacks=()) -> StageRes
     val_set = None
     if val_file is not None:
         val_set, _ = data.load_split("sft", val_file, tokenizer, args.max_length, warn=main)
-    checkpoint = stage.start_output_dir(output_dir, resume=resume) if main else None
+    files = [train_file] + ([val_file] if val_file is not None else [])
+    fingerprint = stage.fingerprint(recipe, "sft", base_path, files)
+    checkpoint = (
+        stage.start_output_dir(output_dir, resume=resume, fingerprint=fingerprint) if main else None
+    )
     PartialState().wait_for_everyone()
     if not main and resume:
-        checkpoint = stage.resume_point(output_dir)
+        checkpoint = stage.resume_point(output_dir, fingerprint)
 
     info = {
         "train_file": str(train_file),
@@ -74,7 +78,7 @@ def train_sft(recipe: Recipe, *, resume: bool = False, callbacks=()) -> StageRes
     found, metrics = stage.callbacks(
         output_dir,
         model.generation_config,
-        {"stage": "sft", "base_model": str(base_path)},
+        {"stage": "sft", "base_model": str(base_path), "fingerprint": fingerprint},
         main_process=main,
     )
     trainer = TutorSFTTrainer(
@@ -97,7 +101,7 @@ def train_sft(recipe: Recipe, *, resume: bool = False, callbacks=()) -> StageRes
             output_dir,
         )
     del model  # the trainer holds it; finish() releases it before the export
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    stage.train(trainer, checkpoint)
     if val_set is not None:
         trainer.evaluate()
     return stage.finish(

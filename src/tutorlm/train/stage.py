@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -84,18 +85,50 @@ def _key_for(default_name: str) -> str:
     }[default_name]
 
 
-def start_output_dir(output_dir: Path, *, resume: bool) -> Path | None:
+_STAGE_KEYS = {
+    "sft": ("lora", "qlora", "sft"),
+    "dpo": ("lora", "dpo_lora", "qlora", "loss", "beta", "eps", "dpo_start", "dpo"),
+}
+"""The ``train`` keys each stage's result depends on (not threads, not file paths)."""
+
+
+def fingerprint(recipe: Recipe, stage: str, base_path: Path, data_files: list[Path]) -> str:
+    """sha256 of what a stage's checkpoints depend on: its ``train`` settings, the
+    seed and chat template, the base weights (names, sizes, times) and the data.
+
+    A checkpoint resumes only a run with the same fingerprint, so changing a
+    learning rate or rebuilding the data never continues an old run, while a
+    change to the other stage's settings leaves this stage's checkpoints usable.
+    """
+    weights = sorted(
+        (path.name, path.stat().st_size, path.stat().st_mtime_ns)
+        for path in Path(base_path).glob("*.safetensors")
+    )
+    data = [hashlib.sha256(path.read_bytes()).hexdigest() for path in data_files]
+    identity = {
+        "stage": stage,
+        "train": recipe.train.model_dump(mode="json", include=set(_STAGE_KEYS[stage])),
+        "seed": recipe.seed,
+        "chat_template": recipe.chat_template,
+        "base": [str(base_path), weights],
+        "data": data,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def start_output_dir(output_dir: Path, *, resume: bool, fingerprint: str | None = None):
     """Make the stage's directory ready; returns the checkpoint to resume from, if any.
 
     Without ``resume`` an earlier run's checkpoints and metrics are removed, so
     that a fresh run never mixes with an old one. With it, metric lines written
-    after the checkpoint (by the killed run) are dropped.
+    after the checkpoint (by the killed run) are dropped; checkpoints of a run
+    with another ``fingerprint`` are not resumed from.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         clear_previous_run(output_dir)
         return None
-    checkpoint = resume_point(output_dir)
+    checkpoint = resume_point(output_dir, fingerprint)
     if checkpoint is None:
         logger.warning(
             "%s: no complete checkpoint to resume from; starting from step 0", output_dir
@@ -105,6 +138,25 @@ def start_output_dir(output_dir: Path, *, resume: bool) -> Path | None:
     step = int(checkpoint.name.split("-")[1])
     trim_metrics(output_dir / "metrics.jsonl", step)
     return checkpoint
+
+
+def train(trainer, checkpoint: Path | None) -> None:
+    """``trainer.train``, resuming from ``checkpoint``; a checkpoint that already
+    reached ``max_steps`` is loaded, not trained further.
+
+    transformers' loop runs at least one optimizer step after a resume, so
+    resuming a finished run would otherwise end one step past ``max_steps``.
+    """
+    from transformers import TrainerState
+
+    if checkpoint is not None and trainer.args.max_steps > 0:
+        state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        if state.global_step >= trainer.args.max_steps:
+            logger.info("%s already reached max_steps: loading it, not training", checkpoint)
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state = state
+            return
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def callbacks(output_dir: Path, generation_config, stage_info: dict, *, main_process: bool):
