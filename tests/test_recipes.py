@@ -67,3 +67,13 @@ def test_resolved_recipe_is_saved_and_reloads_to_the_same_hash(tmp_path):
     assert recipe_from_dict({"name": "r1", "run_root": str(tmp_path), "seed": 6}).hash() != (
         recipe.hash()
     )
+
+
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ntrain:\n  sft: {learning_rate: 5e-4}\n  beta: 1e-1\n")
+    recipe = load_recipe(path, ["train.dpo.learning_rate=2e-5", "name=v1e3"])
+    assert recipe.train.sft["learning_rate"] == 0.0005
+    assert recipe.train.dpo["learning_rate"] == 2e-5
+    assert recipe.train.beta == 0.1
+    assert recipe.name == "v1e3"

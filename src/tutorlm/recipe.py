@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,23 @@ def _explain(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: ``5e-4`` is a number, not the string PyYAML's
+    1.1 rules make it (TRL would get ``learning_rate="5e-4"`` and fail deep inside)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """Parse recipe YAML (a file, or one override's value)."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def apply_override(data: dict, override: str) -> None:
     """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML."""
     if "=" not in override:
@@ -126,7 +144,7 @@ def apply_override(data: dict, override: str) -> None:
         if not isinstance(node, dict):
             raise RecipeError(f"override {override!r}: '{part}' is not a section")
         target = node
-    target[parts[-1]] = yaml.safe_load(value)
+    target[parts[-1]] = parse_yaml(value)
 
 
 def recipe_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), origin="recipe"):
@@ -155,7 +173,7 @@ def load_recipe(
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
