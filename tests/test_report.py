@@ -81,3 +81,25 @@ def test_report_renders_in_chromium_with_its_images(tmp_path, metrics, chromium_
     assert len(widths) == 1 and widths[0] > 100
     assert page.inner_text("h2") == "Training"
     page.close()
+
+
+def test_data_section_names_optional_sources_that_were_missing(tmp_path):
+    import json
+
+    from tutorlm.pipeline.report import _data
+    from tutorlm.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"name": "r", "run_root": str(tmp_path)})
+    manifest = {
+        "sources": {"sft_a": {"section": "sft", "read": 5, "kept": 4, "dropped": {"empty": 1}}},
+        "outputs": {
+            "sft.train.jsonl": {"kind": "sft", "rows": 4, "eval": False, "sha256": "ab" * 32}
+        },
+        "eval_sets": ["mcqa.test.jsonl"],
+        "missing": {"epfl_pairs": "private/epfl.jsonl"},
+    }
+    (tmp_path / "r" / "data").mkdir(parents=True)
+    (tmp_path / "r" / "data" / "manifest.json").write_text(json.dumps(manifest))
+    text = _data(recipe).markdown
+    assert "| sft | sft_a | 5 | 4 | empty 1 |" in text
+    assert "not in this run**: `epfl_pairs` (private/epfl.jsonl)." in text

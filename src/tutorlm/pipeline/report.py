@@ -66,6 +66,10 @@ def _data(recipe: Recipe) -> Section:
         + f"\nEval sets kept out of training (13-gram decontamination): "
         f"{', '.join(manifest['eval_sets']) or 'none'}.\n"
     )
+    missing = manifest.get("missing") or {}
+    if missing:
+        listed = ", ".join(f"`{name}` ({path})" for name, path in sorted(missing.items()))
+        text += f"\n**Optional sources not found, so not in this run**: {listed}.\n"
     return Section("Data", text)
 
 
@@ -147,11 +151,19 @@ def _use(recipe: Recipe) -> Section:
     return Section("Talk to the tutor", text)
 
 
+def _targets(recipe: Recipe, state: PipelineState) -> Section:
+    from tutorlm.pipeline.targets import check_targets, targets_markdown
+
+    text = "What this run set out to show, and whether its own figures show it.\n\n"
+    return Section("Targets", text + targets_markdown(check_targets(recipe, state.stages)))
+
+
 def build_run_report(recipe: Recipe, state: PipelineState) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run directory."""
     run = recipe.run_dir
     sections = [
         _overview(recipe, state),
+        _targets(recipe, state),
         _data(recipe),
         _training(recipe),
         _evaluation(recipe),
