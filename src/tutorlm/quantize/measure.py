@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 DEFAULT_PROMPT = "Explain why the sky is blue to a first-year physics student, in a few sentences."
 
@@ -78,8 +79,20 @@ def weight_bytes(model) -> int:
     return total
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far, in bytes."""
+def peak_rss_bytes(status: str = "/proc/self/status") -> int:
+    """This process's peak resident set size so far, in bytes.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, which starts afresh with the process.
+    ``getrusage``'s ``ru_maxrss`` does not: a process started by ``fork`` + ``exec``
+    inherits the peak of the parent at fork time, so every isolated row of a
+    comparison started from a large pipeline process would report the parent's peak.
+    """
+    try:
+        for line in Path(status).read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
