@@ -256,7 +256,7 @@ def test_the_demo_recipe_builds_offline(tmp_path):
     )
     manifest = build_data(recipe, progress=False, log=None)
     rows = {name: info["rows"] for name, info in manifest["outputs"].items()}
-    assert rows["mmlu_stem.jsonl"] == 500
+    assert rows["mmlu_stem.jsonl"] == 200
     assert rows["mcqa.test.jsonl"] >= 250 and rows["prefs.test.jsonl"] >= 50
     assert 400 <= rows["sft.train.jsonl"] <= 650  # incl. ~350 lettered MCQA answers
     assert manifest["sources"]["rg_lettered"]["kept"] >= 300
