@@ -155,7 +155,7 @@ def float32_rechecker(model_spec, scorer):
     return make
 
 
-def _run_task(
+def run_task(
     spec: TaskSpec,
     scorer,
     settings: EvalConfig,
@@ -166,7 +166,9 @@ def _run_task(
     predictions_name: str,
     recheck=None,
 ):
-    """Run one task; returns its results dict and a one-line summary."""
+    """Run one task with the ``eval`` settings; returns its results dict and a one-line
+    summary. Per-item outputs (predictions, pairs, generations) go to ``out_dir``.
+    The evaluate stage and the quantize comparison's rows both score through here."""
     from tutorlm.data.formats import read_records
 
     path = spec.paths[0] if spec.paths else None
@@ -326,7 +328,7 @@ def run_tasks(
             if single_mcqa and spec.kind == "mcqa"
             else f"predictions.{spec.name}.jsonl"
         )
-        entry, line = _run_task(
+        entry, line = run_task(
             spec,
             scorer,
             settings,

@@ -52,56 +52,26 @@ def _load(job: dict):
 
 
 def _run_task(task: dict, scorer, job: dict) -> dict:
-    from tutorlm.data.formats import read_records
+    """One column of the row, scored exactly as ``tutorlm eval`` scores it, on the
+    task's first ``limit`` items and never re-checked in fp32 (that would replace the
+    precision under test)."""
     from tutorlm.evaluate.config import EvalConfig
+    from tutorlm.evaluate.runner import TaskSpec, run_task
 
-    settings = EvalConfig.model_validate(job["eval"])
-    limit = task.get("limit")
-    seed = job.get("seed", 0)
-    if task["kind"] == "perplexity":
-        from tutorlm.evaluate.perplexity import perplexity, read_text_files
-
-        result = perplexity(
-            scorer,
-            read_text_files(task["paths"]),
-            window=settings.perplexity_window,
-            stride=settings.perplexity_stride,
-        )
-        return result.to_dict()
-    if task["kind"] == "mcqa":
-        from tutorlm.evaluate.mcqa import evaluate_mcqa
-
-        records = read_records(task["paths"][0], "mcqa").records[:limit]
-        result = evaluate_mcqa(
-            scorer,
-            records,
-            method=settings.mcqa_method,
-            shots=settings.shots,
-            chat=settings.chat,
-            seed=seed,
-            resamples=settings.bootstrap_resamples,
-        )
-        predictions = Path(job["out_dir"]) / f"predictions.{task['name']}.jsonl"
-        predictions.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in result.predictions))
-        return result.to_dict()
-    if task["kind"] == "reward":
-        from tutorlm.evaluate.reward import reward_accuracy
-
-        pairs = read_records(task["paths"][0], "preference").records[:limit]
-        result = reward_accuracy(
-            scorer,
-            job["reference"],
-            pairs=pairs,
-            beta=settings.reward_beta,
-            batch_size=settings.batch_size,
-            dtype=settings.dtype,
-            seed=seed,
-            resamples=settings.bootstrap_resamples,
-        )
-        data = result.to_dict()
-        data.pop("pairs", None)
-        return data
-    raise ValueError(f"unknown task kind {task['kind']!r}")
+    settings = EvalConfig.model_validate(job["eval"]).model_copy(
+        update={"max_questions": task.get("limit")}
+    )
+    spec = TaskSpec(task["name"], task["kind"], [Path(p) for p in task["paths"]])
+    result, _ = run_task(
+        spec,
+        scorer,
+        settings,
+        seed=job.get("seed", 0),
+        reference=job.get("reference"),
+        out_dir=Path(job["out_dir"]),
+        predictions_name=f"predictions.{task['name']}.jsonl",
+    )
+    return result
 
 
 def check_job(job: dict) -> None:
