@@ -137,14 +137,26 @@ def apply_override(data: dict, override: str) -> None:
     if "=" not in override:
         raise RecipeError(f"override {override!r} is not of the form key=value")
     key, _, value = override.partition("=")
-    parts = key.strip().split(".")
+    try:
+        set_dotted(data, key.strip(), parse_yaml(value))
+    except RecipeError as error:
+        raise RecipeError(f"override {override!r}: {error}") from None
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts, creating missing sections.
+
+    Raises:
+        RecipeError: a part of the key names a value, not a section.
+    """
+    parts = key.split(".")
     target = data
     for part in parts[:-1]:
         node = target.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"override {override!r}: '{part}' is not a section")
+            raise RecipeError(f"'{part}' is not a section")
         target = node
-    target[parts[-1]] = parse_yaml(value)
+    target[parts[-1]] = value
 
 
 def recipe_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), origin="recipe"):

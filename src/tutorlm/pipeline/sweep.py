@@ -41,7 +41,14 @@ import yaml
 from tutorlm.errors import TutorlmError
 from tutorlm.pipeline.runner import PipelineState, Stage, run_pipeline, stage_key
 from tutorlm.pipeline.sweep_config import SweepVariant
-from tutorlm.recipe import Recipe, load_recipe, recipe_from_dict, save_resolved
+from tutorlm.recipe import (
+    Recipe,
+    RecipeError,
+    load_recipe,
+    recipe_from_dict,
+    save_resolved,
+    set_dotted,
+)
 from tutorlm.smoke import rename_run
 
 #: The recipe keys (dotted prefixes) each shareable stage's outputs depend on.
@@ -128,17 +135,6 @@ def variants_from_sets(options: Sequence[str]) -> list[SweepVariant]:
     return found
 
 
-def _set_dotted(data: dict, key: str, value: Any, origin: str) -> None:
-    parts = key.split(".")
-    target = data
-    for part in parts[:-1]:
-        node = target.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SweepError(f"{origin}: override {key!r}: '{part}' is not a section")
-        target = node
-    target[parts[-1]] = json.loads(json.dumps(value))
-
-
 def _read(path: Path) -> tuple[dict, Recipe]:
     """The recipe file as written (a dict) and validated (its errors name file and key)."""
     recipe = load_recipe(path)
@@ -190,7 +186,10 @@ def expand_variants(
         origin = f"{path} (variant {variant.name})"
         data = json.loads(json.dumps({k: v for k, v in raw.items() if k != "sweep"}))
         for key, value in variant.overrides.items():
-            _set_dotted(data, key, value, origin)
+            try:  # a copy of the value, so that variants never share a list
+                set_dotted(data, key, json.loads(json.dumps(value)))
+            except RecipeError as error:
+                raise SweepError(f"{origin}: override {key!r}: {error}") from None
         extra: list[str] = []
         if smoke:
             from tutorlm.smoke import smoke_overrides
