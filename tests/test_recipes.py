@@ -77,3 +77,8 @@ def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
     assert recipe.train.dpo["learning_rate"] == 2e-5
     assert recipe.train.beta == 0.1
     assert recipe.name == "v1e3"
+
+
+def test_override_into_a_value_names_the_override_and_the_part():
+    with pytest.raises(RecipeError, match=r"override 'seed\.x=1': 'seed' is not a section"):
+        recipe_from_dict({"name": "x", "seed": 1}, ["seed.x=1"])

@@ -164,6 +164,10 @@ def test_a_bad_override_names_its_variant(tmp_path):
     )
     with pytest.raises(RecipeError, match=r"(?s)variant v.*unknown key 'train.bta'.*'train.beta'"):
         expand_variants(path)
+    sweep = [{"name": "v", "overrides": {"seed.x": 1}}]
+    path.write_text(yaml.safe_dump({"name": "b", "seed": 1, "sweep": sweep}))
+    with pytest.raises(SweepError, match=r"variant v\): override 'seed\.x': 'seed' is not a"):
+        expand_variants(path)
     path.write_text(yaml.safe_dump({"name": "b"}))
     with pytest.raises(SweepError, match="no sweep variants"):
         expand_variants(path)
