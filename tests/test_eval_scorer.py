@@ -176,3 +176,77 @@ def test_bfloat16_scores_close_to_float32(tiny_model_dir):
         fp32.loglikelihood(REQUESTS[:4]), bf16.loglikelihood(REQUESTS[:4]), strict=True
     ):
         assert b.logprob == pytest.approx(a.logprob, abs=0.1 * a.n_tokens)
+
+
+def test_bfloat16_letters_are_read_from_float32_logits(tiny_model_dir):
+    """In bf16 a logit is rounded to a few bits, so letters tie and the tie goes to "A";
+    the scorer recomputes the scored tokens' logits in float32 from the last hidden state."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # large logits: bf16 keeps 8 bits, steps of 0.25-1 here
+        model.get_output_embeddings().weight.mul_(400.0)
+    scorer = Scorer(model, tokenizer, dtype="bfloat16")
+    context = "Question: which letter?\nAnswer:"
+    letters = [f" {chr(c)}" for c in range(ord("A"), ord("Z") + 1)]
+    results = scorer.loglikelihood([(context, letter) for letter in letters])
+
+    ids = torch.tensor([scorer.encode(context)])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state[0, -1]  # bf16
+        rounded = model.lm_head(hidden).float()  # the bf16 logits
+        exact = model.lm_head.weight.float() @ hidden.float()
+    lse = torch.logsumexp(rounded, dim=-1)
+    tokens = [scorer.encode(letter)[0] for letter in letters]
+    for result, token in zip(results, tokens, strict=True):
+        assert result.logprob == pytest.approx(float(exact[token] - lse), rel=1e-6)
+    # read from the bf16 logits, these scores would have been off by up to half a step
+    assert float((rounded[tokens] - exact[tokens]).abs().max()) > 0.1
+
+
+SHARED = [
+    ("Which gas do plants take in?", " carbon dioxide from the air"),
+    ("Which gas do plants take in?", " oxygen and water"),
+    ("Which gas do plants take in?", " nitrogen gas, mostly"),
+    ("Q", " one two"),
+    ("Q", " three four five six"),
+    ("A much longer question, so that the shorter contexts are padded on the left:", " yes it"),
+    ("A much longer question, so that the shorter contexts are padded on the left:", " no, not"),
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_long_continuations_of_one_context_share_its_pass(tiny, batch_size):
+    """Continuations of several tokens that share a context are scored on the context's
+    KV cache: the same log-probs as a full forward of each, in two passes per batch."""
+    model, tokenizer = tiny
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _args, kw: calls.append(kw["input_ids"].shape), with_kwargs=True
+    )
+    try:
+        results = Scorer(model, tokenizer, batch_size=batch_size).loglikelihood(SHARED)
+    finally:
+        hook.remove()
+    scorer = Scorer(model, tokenizer)
+    for (context, continuation), result in zip(SHARED, results, strict=True):
+        context_ids, continuation_ids = scorer.encode_pair(context, continuation)
+        assert result.n_tokens == len(continuation_ids) > 1
+        assert result.logprob == pytest.approx(
+            reference_logprob(model, context_ids, continuation_ids), abs=1e-4
+        )
+    contexts = 3
+    assert len(calls) == 2 * math.ceil(contexts / batch_size)
+    assert sum(shape[0] for shape in calls[1::2]) == len(SHARED)  # one row per continuation
+
+
+def test_shared_context_continuations_in_bfloat16_stay_close_to_float32(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fp32 = Scorer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
+    bf16 = Scorer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, dtype="bfloat16")
+    for a, b in zip(fp32.loglikelihood(SHARED), bf16.loglikelihood(SHARED), strict=True):
+        assert b.n_tokens == a.n_tokens
+        assert b.logprob == pytest.approx(a.logprob, abs=0.1 * a.n_tokens)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from tutorlm.evaluate.scorer import Scorer, ScorerError
 from tutorlm.evaluate.stats import Interval, bootstrap_interval
-from tutorlm.prompts import LETTERS, mcqa_block
+from tutorlm.prompts import LETTERS, mcqa_block, question_only_block
 
 METHODS = ("letter", "choice")
 
@@ -60,7 +60,7 @@ def subject_line(subject: str | None) -> str:
 def question_block(record, method: str = "letter") -> str:
     """The question as the model sees it, ending in "Answer:" (no trailing space)."""
     if method == "choice":
-        return f"Question: {record.question.strip()}\nAnswer:"
+        return question_only_block(record.question)
     if len(record.choices) > len(LETTERS):
         raise ScorerError(f"record {record.id}: more than {len(LETTERS)} choices")
     return mcqa_block(record.question, record.choices)

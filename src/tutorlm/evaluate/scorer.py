@@ -20,21 +20,30 @@ Where it is faster than a straightforward implementation:
 - *shared-context fast path*: requests whose continuation is one token and whose
   context is the same (" A".." D" after an MCQA prompt) need one forward pass of
   the context and one read of the next-token distribution;
+- *shared prefix*: longer continuations of one context (the four answers of a
+  question scored in full, chosen and rejected answers to one prompt) run on one
+  KV cache of the context instead of re-reading it once per continuation;
 - *logits only where read*: the vocabulary projection (a fifth of a small model's
   FLOPs) and the log-softmax run only at the positions a request scores;
 - *length bucketing*: inputs are sorted by length and batched with their
   neighbours, so little compute goes to padding;
 - *left padding with explicit position ids*, so that a padded row computes exactly
   what it would alone (tests check batch 1 vs 8 and padded vs unpadded).
+
+Precision: in bf16 a logit near 20 is rounded to a multiple of 0.125, so the four
+letters of an MCQA question often tie exactly and the tie goes to "A". The logits of
+the tokens a request scores are therefore recomputed in float32 from the model's
+last hidden state (one dot product per scored token); only the softmax normaliser,
+which all candidates at one position share, comes from the reduced-precision logits.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
+from tutorlm.evaluate.batches import Batcher, Group, Job, NextTokens
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -65,15 +74,6 @@ class RollingResult:
     """Number of tokens scored (all tokens of the text)."""
 
 
-@dataclass
-class _Job:
-    """One forward pass input: read the next-token distributions at the last ``keep`` positions."""
-
-    input_ids: list[int]
-    keep: int
-    read: Callable  # called with the (keep, V) float32 log-probabilities of this job
-
-
 def resolve_dtype(dtype):
     """A torch dtype from a name; ``auto`` is bf16 where matmuls are fast in bf16.
 
@@ -96,11 +96,6 @@ def resolve_dtype(dtype):
     except (AttributeError, RuntimeError):
         fast_bf16 = False
     return torch.bfloat16 if fast_bf16 else torch.float32
-
-
-def _accepts(function, name: str) -> bool:
-    parameters = inspect.signature(function).parameters
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 class Scorer:
@@ -142,9 +137,7 @@ class Scorer:
         self.pad_token_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         bos = tokenizer.bos_token_id
         self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
-        forward = model.forward
-        self._keeps_logits = _accepts(forward, "logits_to_keep")
-        self._takes_positions = _accepts(forward, "position_ids")
+        self.batcher = Batcher(self.model, pad_token_id=self.pad_token_id, batch_size=batch_size)
 
     @classmethod
     def from_spec(cls, spec, *, dtype="auto", online: bool | None = None, **kwargs) -> Scorer:
@@ -230,42 +223,63 @@ class Scorer:
     ) -> list[LoglikelihoodResult]:
         """``loglikelihood`` on already tokenized ``(context_ids, continuation_ids)`` pairs."""
         results: list[LoglikelihoodResult | None] = [None] * len(pairs)
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         shared: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        longer: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
         for index, (context_ids, continuation_ids) in enumerate(pairs):
             if len(continuation_ids) == 1:
                 key = tuple(context_ids[-self.max_length :])
                 shared.setdefault(key, []).append((index, continuation_ids[0]))
+            else:
+                longer.setdefault(tuple(context_ids), []).append((index, list(continuation_ids)))
+        groups: list[Group] = []
+        for context, items in longer.items():
+            longest = max(len(continuation) for _, continuation in items)
+            if (
+                self.batcher.reuses_cache
+                and len(items) > 1
+                and len(context) + longest <= self.max_length
+            ):
+                groups.append(
+                    Group(
+                        list(context),
+                        [(self._read_span(results, i, c), c) for i, c in items],
+                    )
+                )
                 continue
-            tokens = (list(context_ids) + list(continuation_ids))[-(self.max_length + 1) :]
-            jobs.append(
-                _Job(tokens[:-1], len(continuation_ids), self._read_span(results, index, tokens))
-            )
+            for index, continuation in items:
+                tokens = (list(context) + continuation)[-(self.max_length + 1) :]
+                jobs.append(
+                    Job(tokens[:-1], len(continuation), self._read_span(results, index, tokens))
+                )
         for context, readers in shared.items():
-            jobs.append(_Job(list(context), 1, self._read_next(results, readers)))
-        self._run(jobs, desc=desc, unit=unit)
+            jobs.append(Job(list(context), 1, self._read_next(results, readers)))
+        with self._bar(len(jobs) + len(groups), desc, unit) as bar:
+            self.batcher.run(jobs, bar)
+            self.batcher.run_groups(groups, bar)
         return results  # type: ignore[return-value]
 
     @staticmethod
     def _read_span(results, index: int, tokens: list[int]) -> Callable:
-        def read(logprobs) -> None:  # (n, V)
+        def read(scores: NextTokens) -> None:
             import torch
 
-            n = logprobs.shape[0]
-            targets = torch.tensor(tokens[-n:], device=logprobs.device)
-            picked = logprobs.gather(1, targets[:, None]).squeeze(1)
-            greedy = bool((logprobs.argmax(dim=-1) == targets).all())
-            results[index] = LoglikelihoodResult(float(picked.double().sum()), greedy, n)
+            n = len(scores)
+            targets = torch.tensor(tokens[-n:])
+            picked = scores.pick(range(n), targets)
+            greedy = bool((scores.greedy().cpu() == targets).all())
+            results[index] = LoglikelihoodResult(float(picked.sum()), greedy, n)
 
         return read
 
     @staticmethod
     def _read_next(results, readers: list[tuple[int, int]]) -> Callable:
-        def read(logprobs) -> None:  # (1, V)
-            row = logprobs[0]
-            best = int(row.argmax())
-            for index, token in readers:
-                results[index] = LoglikelihoodResult(float(row[token]), token == best, 1)
+        def read(scores: NextTokens) -> None:
+            best = int(scores.greedy()[0])
+            tokens = [token for _, token in readers]
+            picked = scores.pick([0] * len(tokens), tokens).tolist()
+            for (index, token), logprob in zip(readers, picked, strict=True):
+                results[index] = LoglikelihoodResult(logprob, token == best, 1)
 
         return read
 
@@ -297,22 +311,20 @@ class Scorer:
             counts[index] = len(tokens) - 1
             for start, end, new in _rolling_windows(len(tokens) - 1, window, stride):
                 jobs.append(
-                    _Job(
+                    Job(
                         tokens[start:end],
                         new,
                         self._read_sum(totals, index, tokens[end - new + 1 : end + 1]),
                     )
                 )
-        self._run(jobs, desc=desc, unit="win")
+        with self._bar(len(jobs), desc, "win") as bar:
+            self.batcher.run(jobs, bar)
         return [RollingResult(total, count) for total, count in zip(totals, counts, strict=True)]
 
     @staticmethod
     def _read_sum(totals: list[float], index: int, targets: list[int]) -> Callable:
-        def read(logprobs) -> None:  # (n, V)
-            import torch
-
-            ids = torch.tensor(targets, device=logprobs.device)
-            totals[index] += float(logprobs.gather(1, ids[:, None]).double().sum())
+        def read(scores: NextTokens) -> None:
+            totals[index] += float(scores.pick(range(len(scores)), targets).sum())
 
         return read
 
@@ -342,7 +354,7 @@ class Scorer:
         with self._bar(len(prompts), desc, "seq") as bar, torch.inference_mode():
             for first in range(0, len(order), self.batch_size):
                 batch = order[first : first + self.batch_size]
-                input_ids, mask = self._pad([encoded[i] for i in batch])
+                input_ids, mask = self.batcher.pad([encoded[i] for i in batch])
                 generated = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
                 for row, index in enumerate(batch):
                     text = self.tokenizer.decode(
@@ -358,45 +370,6 @@ class Scorer:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
-
-    def _pad(self, rows: list[list[int]]):
-        """Left-pad rows into ``(B, T)`` ids and an attention mask on the model's device."""
-        import torch
-
-        width = max(len(row) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[r, width - len(row) :] = 1
-        return ids.to(self.device), mask.to(self.device)
-
-    def _run(self, jobs: list[_Job], *, desc: str, unit: str) -> None:
-        """Run jobs longest first in batches of neighbours, handing each its log-probs."""
-        import torch
-
-        jobs = sorted(jobs, key=lambda job: -len(job.input_ids))
-        with self._bar(len(jobs), desc, unit) as bar, torch.inference_mode():
-            for first in range(0, len(jobs), self.batch_size):
-                batch = jobs[first : first + self.batch_size]
-                keep = max(job.keep for job in batch)
-                logprobs = self._forward([job.input_ids for job in batch], keep)  # (B, keep, V)
-                for row, job in enumerate(batch):
-                    job.read(logprobs[row, keep - job.keep :])
-                bar.update(len(batch))
-
-    def _forward(self, rows: list[list[int]], keep: int):
-        """Float32 log-probabilities of the next token at the last ``keep`` positions."""
-        import torch
-
-        input_ids, mask = self._pad(rows)
-        kwargs = {"input_ids": input_ids, "attention_mask": mask}
-        if self._takes_positions:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = keep
-        logits = self.model(**kwargs).logits[:, -keep:]  # (B, keep, V)
-        return torch.log_softmax(logits.float(), dim=-1)
 
 
 def _rolling_windows(n_targets: int, window: int, stride: int):

@@ -1,0 +1,228 @@
+"""Batches of token rows through a causal LM: the scorer's forward passes.
+
+:class:`Batcher` pads, runs and reads; a :class:`Job` is one row whose last
+``keep`` next-token distributions are read, a :class:`Group` is one context with
+several long continuations (scored on the context's KV cache), and
+:class:`NextTokens` hands a reader the log-probabilities it asks for, with the
+scored tokens' logits in float32 where the model runs in bf16 or fp16.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Job:
+    """One forward pass input: read the next-token distributions at the last ``keep`` positions."""
+
+    input_ids: list[int]
+    keep: int
+    read: Callable  # called with the NextTokens of this job's last ``keep`` positions
+
+
+class NextTokens:
+    """Next-token log-probabilities of one row at its last ``n`` positions.
+
+    ``pick`` returns the log-probabilities of given tokens with their logits in
+    float32: recomputed from the head's input where the model runs in reduced
+    precision, so that candidates read at one position never tie by rounding.
+    """
+
+    def __init__(self, logits, hidden, head):
+        import torch
+
+        self.logits = logits  # (n, V) as the model computed them
+        self.lse = torch.logsumexp(logits.float(), dim=-1)  # (n,)
+        self.hidden = hidden  # (n, H) input of the output layer, or None
+        self.head = head
+
+    def __len__(self) -> int:
+        return self.logits.shape[0]
+
+    def pick(self, positions, tokens):
+        """float64 log-probabilities of ``tokens[i]`` at position ``positions[i]``."""
+        import torch
+
+        positions = torch.as_tensor(positions, device=self.logits.device)
+        tokens = torch.as_tensor(tokens, device=self.logits.device)
+        if self.hidden is None:
+            chosen = self.logits[positions, tokens].float()
+        else:
+            weight = self.head.weight[tokens].float()  # (k, H)
+            chosen = (self.hidden[positions].float() * weight).sum(-1)
+            if self.head.bias is not None:
+                chosen = chosen + self.head.bias[tokens].float()
+        return (chosen - self.lse[positions]).double()
+
+    def greedy(self):
+        """The most likely next token at each position, (n,)."""
+        return self.logits.argmax(dim=-1)
+
+
+@dataclass
+class Group:
+    """Continuations of more than one token that share a context: scored from one
+    pass over the context and its KV cache."""
+
+    context: list[int]
+    items: list[tuple[Callable, list[int]]]  # (reader, continuation tokens)
+
+
+def accepts(function, name: str) -> bool:
+    """Whether ``function`` takes a keyword argument ``name``."""
+    parameters = inspect.signature(function).parameters
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+class Batcher:
+    """Runs a causal LM over batches of token rows for the scorer.
+
+    Rows are left-padded with explicit position ids (a padded row computes what it
+    would alone), logits are computed only at the positions read, and continuations
+    that share a context run on one KV cache of it.
+    """
+
+    def __init__(self, model, *, pad_token_id: int, batch_size: int):
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.batch_size = batch_size
+        forward = model.forward
+        self.keeps_logits = accepts(forward, "logits_to_keep")
+        self.takes_positions = accepts(forward, "position_ids")
+        self.reuses_cache = self.takes_positions and accepts(forward, "past_key_values")
+
+    @property
+    def device(self):
+        """Where inputs must go: the device of the model's weights."""
+        return next(self.model.parameters()).device
+
+    def pad(self, rows: list[list[int]]):
+        """Left-pad rows into ``(B, T)`` ids and an attention mask on the model's device."""
+        import torch
+
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def run(self, jobs: list[Job], bar) -> None:
+        """Run jobs longest first in batches of neighbours, handing each its log-probs."""
+        import torch
+
+        jobs = sorted(jobs, key=lambda job: -len(job.input_ids))
+        with torch.inference_mode():
+            for first in range(0, len(jobs), self.batch_size):
+                batch = jobs[first : first + self.batch_size]
+                keep = max(job.keep for job in batch)
+                logits, hidden = self._forward([job.input_ids for job in batch], keep)
+                head = self.float_head()
+                for row, job in enumerate(batch):
+                    rows = slice(keep - job.keep, keep)
+                    states = None if hidden is None else hidden[row, rows]
+                    job.read(NextTokens(logits[row, rows], states, head))
+                bar.update(len(batch))
+
+    def float_head(self):
+        """The output layer when its logits need recomputing in float32, else None."""
+        import torch
+
+        head = (
+            self.model.get_output_embeddings()
+            if hasattr(self.model, "get_output_embeddings")
+            else None
+        )
+        if type(head) is not torch.nn.Linear or head.weight.dtype == torch.float32:
+            return None
+        return head
+
+    def _forward(self, rows: list[list[int]], keep: int):
+        """Logits at the last ``keep`` positions, (B, keep, V), and the output layer's
+        input at those positions (B, keep, H) where logits need float32 recomputing."""
+        input_ids, mask = self.pad(rows)
+        kwargs = {"input_ids": input_ids, "attention_mask": mask}
+        if self.takes_positions:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        output, hidden = self._call(kwargs, keep)
+        return output.logits[:, -keep:], hidden
+
+    def _call(self, kwargs: dict, keep: int):
+        """The model's output for ``kwargs`` with logits at the last ``keep`` positions,
+        and the output layer's input there (None where logits are float32 already)."""
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        head, captured = self.float_head(), []
+        hook = None
+        if head is not None:
+            hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+        try:
+            output = self.model(**kwargs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        hidden = captured[-1][:, -keep:] if captured else None
+        return output, hidden
+
+    def run_groups(self, groups: list[Group], bar) -> None:
+        """Score several long continuations of one context from one pass over the context.
+
+        A batch of contexts (left-padded) runs once with a KV cache; the cache rows
+        are repeated for each continuation, and the continuations (right-padded, at
+        positions after their context) run on top of it. The first token of each
+        continuation is read from the context pass, the others from the second.
+        """
+        import torch
+
+        groups = sorted(groups, key=lambda group: -len(group.context))
+        head = self.float_head()
+        with torch.inference_mode():
+            for first in range(0, len(groups), self.batch_size):
+                batch = groups[first : first + self.batch_size]
+                input_ids, mask = self.pad([group.context for group in batch])
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                context_out, context_hidden = self._call(
+                    {
+                        "input_ids": input_ids,
+                        "attention_mask": mask,
+                        "position_ids": positions,
+                        "use_cache": True,
+                    },
+                    1,
+                )
+                rows = [
+                    (b, index, tokens) for b, g in enumerate(batch) for index, tokens in g.items
+                ]
+                owners = torch.tensor([b for b, _, _ in rows], device=input_ids.device)
+                cache = context_out.past_key_values
+                cache.batch_select_indices(owners)
+                fed = [tokens[:-1] for _, _, tokens in rows]
+                width = max(len(tokens) for tokens in fed)
+                ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+                tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, tokens in enumerate(fed):
+                    ids[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                    tail_mask[r, : len(tokens)] = 1
+                ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
+                starts = mask.sum(-1)[owners][:, None]
+                output, hidden = self._call(
+                    {
+                        "input_ids": ids,
+                        "attention_mask": torch.cat([mask[owners], tail_mask], dim=-1),
+                        "position_ids": starts + torch.arange(width, device=ids.device),
+                        "past_key_values": cache,
+                    },
+                    width,
+                )
+                for r, (b, read, tokens) in enumerate(rows):
+                    n = len(tokens)
+                    logits = torch.cat([context_out.logits[b, -1:], output.logits[r, : n - 1]])
+                    states = None
+                    if hidden is not None:
+                        states = torch.cat([context_hidden[b, -1:], hidden[r, : n - 1]])
+                    read(NextTokens(logits, states, head))
+                bar.update(len(batch))
