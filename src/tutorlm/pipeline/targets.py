@@ -54,7 +54,9 @@ def _mcqa(run: Path) -> Check:
         note = (
             f"M2's answers by letter: {counts}. A model this small picks letters by "
             "position more than by content; fine-tuning moves that preference without "
-            "binding letters to the right choice."
+            "binding letters to the right choice (on the demo, two epochs of SFT on the "
+            "letter format leave letter accuracy at chance: docs/pipeline.md, 'Why M2 "
+            "does not beat M0')."
         )
     return Check(claim, f"M0 {_interval(before)} -> M2 {_interval(after)}", met, note)
 

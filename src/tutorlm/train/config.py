@@ -96,7 +96,8 @@ class TrainConfig(BaseModel):
     """Load the frozen base in 4 bits (needs a CUDA GPU and bitsandbytes)."""
     threads: int | Literal["auto"] = "auto"
     """Torch threads: ``auto`` = the CPU cores this process may run on, shared among
-    the processes of the node, minus the cores other work keeps busy (load average)."""
+    the processes of the node, minus the cores other processes keep busy right now
+    (/proc/stat over a quarter second, less this process's own CPU time)."""
     sft_train_file: str | None = None
     """SFT records for training; default ``<run_dir>/data/sft.train.jsonl``."""
     sft_val_file: str | None = None
