@@ -157,3 +157,38 @@ def test_choice_items_file_errors_name_line_and_field(tmp_path):
         read_choice_items(path)
     path.write_text(json.dumps(good) + "\n")
     assert read_choice_items(path)[0].label == 1
+
+
+def test_the_reward_task_scores_in_float32_when_the_scorer_runs_in_bf16(tmp_path, tiny_model_dir):
+    """A reward is a small difference of two summed log-probs: the eval settings run it in
+    float32 (``reward_dtype``), through the same lazily loaded fp32 model as MCQA rechecks."""
+    from tutorlm.data.formats import write_records
+    from tutorlm.evaluate.config import EvalConfig
+    from tutorlm.evaluate.runner import TaskSpec, float32_rechecker, run_task
+
+    pairs = [pair(i, f"yes, {i} times", f"no, not {i}", "rg", "rules") for i in range(6)]
+    path = tmp_path / "prefs.test.jsonl"
+    write_records(path, pairs)
+    spec = TaskSpec("reward", "reward", [path])
+    reference = Scorer.from_spec(tiny_model_dir, dtype="float32")
+
+    def margins(dtype: str, settings: EvalConfig) -> list[float]:
+        scorer = Scorer.from_spec(tiny_model_dir, dtype=dtype)
+        out = tmp_path / f"{dtype}-{settings.reward_dtype}"
+        out.mkdir()
+        run_task(
+            spec,
+            scorer,
+            settings,
+            seed=0,
+            reference=reference,
+            out_dir=out,
+            predictions_name="unused",
+            recheck=float32_rechecker(tiny_model_dir, scorer),
+        )
+        rows = [json.loads(line) for line in (out / "pairs.reward.jsonl").read_text().splitlines()]
+        return [row["reward_chosen"] - row["reward_rejected"] for row in rows]
+
+    fp32 = margins("float32", EvalConfig())
+    assert margins("bfloat16", EvalConfig()) == fp32  # default reward_dtype: float32
+    assert margins("bfloat16", EvalConfig(reward_dtype="auto")) != fp32  # bf16 throughout

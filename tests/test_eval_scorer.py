@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_eval_fakes import preferring_lm, uniform_lm
 
-from tutorlm.evaluate.scorer import Scorer, ScorerError, _rolling_windows
+from tutorlm.evaluate.scorer import Scorer, ScorerError, _rolling_windows, _worth_sharing
 
 REQUESTS = [
     ("The capital of France is", " Paris"),
@@ -209,8 +209,8 @@ SHARED = [
     ("Which gas do plants take in?", " carbon dioxide from the air"),
     ("Which gas do plants take in?", " oxygen and water"),
     ("Which gas do plants take in?", " nitrogen gas, mostly"),
-    ("Q", " one two"),
-    ("Q", " three four five six"),
+    ("Count with me, slowly:", " one two"),
+    ("Count with me, slowly:", " three four five"),
     ("A much longer question, so that the shorter contexts are padded on the left:", " yes it"),
     ("A much longer question, so that the shorter contexts are padded on the left:", " no, not"),
 ]
@@ -250,3 +250,14 @@ def test_shared_context_continuations_in_bfloat16_stay_close_to_float32(tiny_mod
     for a, b in zip(fp32.loglikelihood(SHARED), bf16.loglikelihood(SHARED), strict=True):
         assert b.n_tokens == a.n_tokens
         assert b.logprob == pytest.approx(a.logprob, abs=0.1 * a.n_tokens)
+
+
+def test_a_context_is_shared_only_where_that_saves_more_than_the_padding_costs():
+    answers = [(0, [1, 2]), (1, [3, 4, 5]), (2, [6, 7]), (3, [8, 9, 10])]
+    assert _worth_sharing(list(range(50)), answers, max_length=2048)
+    assert not _worth_sharing(list(range(50)), answers[:1], max_length=2048)  # one reply
+    assert not _worth_sharing(list(range(50)), answers, max_length=52)  # too long together
+    # a prompt of 40 tokens with replies of 60 and 300: padding 240 > 40 saved
+    replies = [(0, list(range(60))), (1, list(range(300)))]
+    assert not _worth_sharing(list(range(40)), replies, max_length=2048)
+    assert _worth_sharing(list(range(400)), replies, max_length=2048)

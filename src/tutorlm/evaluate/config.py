@@ -65,6 +65,11 @@ class EvalConfig(BaseModel):
     """Tokens newly scored by each window after the first."""
     perplexity_files: list[str] = Field(default_factory=list)
     """Text files or folders for ``perplexity_notes``; empty means the bundled course notes."""
+    reward_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Precision of the reward task's policy and reference. A reward is a small
+    difference between two models' log-probs summed over a whole reply, and bf16 noise
+    flips pairs (the demo's M2 against M1: 0.941 in bf16, 1.000 in float32), so it runs
+    in float32 unless told otherwise; ``auto`` follows ``dtype``."""
     reward_beta: float = Field(default=0.1, gt=0)
     """beta of the implicit DPO reward beta * (log pi - log pi_ref)."""
     reward_reference: str | None = None

@@ -209,13 +209,17 @@ def run_task(
         from tutorlm.evaluate.reward import reward_accuracy
 
         pairs = _limit(read_records(path, "preference").records, settings)
+        dtype = settings.dtype if settings.reward_dtype == "auto" else settings.reward_dtype
+        policy = scorer
+        if dtype == "float32" and recheck is not None:
+            policy = recheck()  # the model again, in float32 (loaded once, shared with MCQA)
         result = reward_accuracy(
-            scorer,
+            policy,
             reference,
             pairs=pairs,
             beta=settings.reward_beta,
             batch_size=settings.batch_size,
-            dtype=settings.dtype,
+            dtype=dtype,
             seed=seed,
             resamples=settings.bootstrap_resamples,
         )

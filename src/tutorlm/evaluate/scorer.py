@@ -234,12 +234,7 @@ class Scorer:
                 longer.setdefault(tuple(context_ids), []).append((index, list(continuation_ids)))
         groups: list[Group] = []
         for context, items in longer.items():
-            longest = max(len(continuation) for _, continuation in items)
-            if (
-                self.batcher.reuses_cache
-                and len(items) > 1
-                and len(context) + longest <= self.max_length
-            ):
+            if self.batcher.reuses_cache and _worth_sharing(context, items, self.max_length):
                 groups.append(
                     Group(
                         list(context),
@@ -370,6 +365,21 @@ class Scorer:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress, leave=False)
+
+
+def _worth_sharing(context, items, max_length: int) -> bool:
+    """Whether continuations of one context are cheaper on its KV cache than alone.
+
+    Sharing saves re-reading the context for every continuation but one; it costs
+    padding, as the continuations run side by side at the longest one's length
+    (a prompt's chosen and rejected replies differ by hundreds of tokens; the four
+    answers of a question, by a few).
+    """
+    lengths = [len(continuation) for _, continuation in items]
+    longest = max(lengths)
+    saved = (len(lengths) - 1) * len(context)
+    padding = sum(longest - n for n in lengths)
+    return len(lengths) > 1 and saved > padding and len(context) + longest <= max_length
 
 
 def _rolling_windows(n_targets: int, window: int, stride: int):
