@@ -101,7 +101,9 @@ def test_ablation_scores_every_condition_on_the_same_questions(scorer, notes, tm
     markdown = (out / "ablation.md").read_text()
     assert "| k=2, 32-token chunks |" in markdown and "gain vs none" in markdown
     assert json.loads((out / "ablation.json").read_text())["n"] == 3
-    assert index_sources(out / "index-16tok") == [str((notes / n).resolve()) for n in sorted(NOTES)]
+    sources, embedder = index_sources(out / "index-16tok")
+    assert sources == [str((notes / n).resolve()) for n in sorted(NOTES)]
+    assert embedder == "test:keywords"  # the embedder the ablation built it with
 
 
 def test_with_notes_puts_the_notes_before_the_question():

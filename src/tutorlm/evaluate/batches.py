@@ -93,22 +93,25 @@ class Batcher:
         self.keeps_logits = accepts(forward, "logits_to_keep")
         self.takes_positions = accepts(forward, "position_ids")
         self.reuses_cache = self.takes_positions and accepts(forward, "past_key_values")
+        self.float_head = _float_head(model)
 
     @property
     def device(self):
         """Where inputs must go: the device of the model's weights."""
         return next(self.model.parameters()).device
 
-    def pad(self, rows: list[list[int]]):
-        """Left-pad rows into ``(B, T)`` ids and an attention mask on the model's device."""
+    def pad(self, rows: list[list[int]], *, left: bool = True):
+        """Pad rows into ``(B, T)`` ids and an attention mask on the model's device
+        (on the left by default; on the right for continuations after a KV cache)."""
         import torch
 
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for r, row in enumerate(rows):
-            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[r, width - len(row) :] = 1
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[r, span] = torch.tensor(row, dtype=torch.long)
+            mask[r, span] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def run(self, jobs: list[Job], bar) -> None:
@@ -120,44 +123,30 @@ class Batcher:
             for first in range(0, len(jobs), self.batch_size):
                 batch = jobs[first : first + self.batch_size]
                 keep = max(job.keep for job in batch)
-                logits, hidden = self._forward([job.input_ids for job in batch], keep)
-                head = self.float_head()
+                logits, hidden, _, _ = self._forward([job.input_ids for job in batch], keep)
                 for row, job in enumerate(batch):
                     rows = slice(keep - job.keep, keep)
                     states = None if hidden is None else hidden[row, rows]
-                    job.read(NextTokens(logits[row, rows], states, head))
+                    job.read(NextTokens(logits[row, rows], states, self.float_head))
                 bar.update(len(batch))
 
-    def float_head(self):
-        """The output layer when its logits need recomputing in float32, else None."""
-        import torch
-
-        head = (
-            self.model.get_output_embeddings()
-            if hasattr(self.model, "get_output_embeddings")
-            else None
-        )
-        if type(head) is not torch.nn.Linear or head.weight.dtype == torch.float32:
-            return None
-        return head
-
-    def _forward(self, rows: list[list[int]], keep: int):
-        """Logits at the last ``keep`` positions, (B, keep, V), and the output layer's
-        input at those positions (B, keep, H) where logits need float32 recomputing."""
+    def _forward(self, rows: list[list[int]], keep: int, **extra):
+        """One left-padded pass: logits at the last ``keep`` positions (B, keep, V), the
+        output layer's input there (B, keep, H) where logits need float32 recomputing
+        (else None), the attention mask, and the model's output (for its KV cache)."""
         input_ids, mask = self.pad(rows)
-        kwargs = {"input_ids": input_ids, "attention_mask": mask}
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, **extra}
         if self.takes_positions:
             kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         output, hidden = self._call(kwargs, keep)
-        return output.logits[:, -keep:], hidden
+        return output.logits[:, -keep:], hidden, mask, output
 
     def _call(self, kwargs: dict, keep: int):
         """The model's output for ``kwargs`` with logits at the last ``keep`` positions,
         and the output layer's input there (None where logits are float32 already)."""
         if self.keeps_logits:
             kwargs["logits_to_keep"] = keep
-        head, captured = self.float_head(), []
-        hook = None
+        head, captured, hook = self.float_head, [], None
         if head is not None:
             hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
         try:
@@ -179,35 +168,18 @@ class Batcher:
         import torch
 
         groups = sorted(groups, key=lambda group: -len(group.context))
-        head = self.float_head()
         with torch.inference_mode():
             for first in range(0, len(groups), self.batch_size):
                 batch = groups[first : first + self.batch_size]
-                input_ids, mask = self.pad([group.context for group in batch])
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                context_out, context_hidden = self._call(
-                    {
-                        "input_ids": input_ids,
-                        "attention_mask": mask,
-                        "position_ids": positions,
-                        "use_cache": True,
-                    },
-                    1,
+                first_logits, first_hidden, mask, context_out = self._forward(
+                    [group.context for group in batch], 1, use_cache=True
                 )
-                rows = [
-                    (b, index, tokens) for b, g in enumerate(batch) for index, tokens in g.items
-                ]
-                owners = torch.tensor([b for b, _, _ in rows], device=input_ids.device)
+                rows = [(b, read, tokens) for b, g in enumerate(batch) for read, tokens in g.items]
+                owners = torch.tensor([b for b, _, _ in rows], device=mask.device)
                 cache = context_out.past_key_values
                 cache.batch_select_indices(owners)
-                fed = [tokens[:-1] for _, _, tokens in rows]
-                width = max(len(tokens) for tokens in fed)
-                ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-                tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, tokens in enumerate(fed):
-                    ids[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                    tail_mask[r, : len(tokens)] = 1
-                ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
+                ids, tail_mask = self.pad([tokens[:-1] for _, _, tokens in rows], left=False)
+                width = ids.shape[1]
                 starts = mask.sum(-1)[owners][:, None]
                 output, hidden = self._call(
                     {
@@ -220,9 +192,19 @@ class Batcher:
                 )
                 for r, (b, read, tokens) in enumerate(rows):
                     n = len(tokens)
-                    logits = torch.cat([context_out.logits[b, -1:], output.logits[r, : n - 1]])
+                    logits = torch.cat([first_logits[b], output.logits[r, : n - 1]])
                     states = None
                     if hidden is not None:
-                        states = torch.cat([context_hidden[b, -1:], hidden[r, : n - 1]])
-                    read(NextTokens(logits, states, head))
+                        states = torch.cat([first_hidden[b], hidden[r, : n - 1]])
+                    read(NextTokens(logits, states, self.float_head))
                 bar.update(len(batch))
+
+
+def _float_head(model):
+    """The output layer when its logits need recomputing in float32, else None."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or head.weight.dtype == torch.float32:
+        return None
+    return head

@@ -158,12 +158,11 @@ def _run_rag_ablation(args: argparse.Namespace, echo) -> int:
     from tutorlm.evaluate.scorer import ScorerError
     from tutorlm.rag.ablation import index_sources, notes_questions, run_rag_ablation
     from tutorlm.rag.config import RagConfig
-    from tutorlm.rag.store import read_manifest
 
     others = [args.prefs, args.perplexity, args.choice, args.generation, args.tasks]
     if any(others):
         raise ScorerError("--rag scores MCQA only: drop --prefs/--perplexity/--choice/--tasks")
-    sources, embedder = index_sources(args.rag), read_manifest(args.rag)["embedder"]["name"]
+    sources, embedder = index_sources(args.rag)
     recipe = None
     if args.recipe:
         from tutorlm.recipe import load_recipe

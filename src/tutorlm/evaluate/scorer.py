@@ -129,7 +129,6 @@ class Scorer:
             model = model.to(dtype)
         self.model = model.eval() if hasattr(model, "eval") else model
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
         self.progress = progress
         config = getattr(model, "config", None)
         self.max_length = max_length or getattr(config, "max_position_embeddings", None) or 2048
@@ -148,14 +147,14 @@ class Scorer:
         return cls(model, tokenizer, **kwargs)
 
     @property
+    def batch_size(self) -> int:
+        """Inputs per forward pass."""
+        return self.batcher.batch_size
+
+    @property
     def dtype(self):
         """The dtype of the model's weights."""
         return next(self.model.parameters()).dtype
-
-    @property
-    def device(self):
-        """Where inputs must go: the device of the model's weights."""
-        return next(self.model.parameters()).device
 
     # -- tokenization -----------------------------------------------------------------
 

@@ -137,9 +137,11 @@ def notes_questions(mcqa_file: str | Path, limit: int | None = None) -> list[MCQ
     return notes[:limit] if limit else notes
 
 
-def index_sources(index_dir: str | Path) -> list[str]:
-    """The files an existing index was built from (for ``eval --rag DIR``)."""
-    return [entry["path"] for entry in read_manifest(index_dir)["files"].values()]
+def index_sources(index_dir: str | Path) -> tuple[list[str], str]:
+    """The files an existing index was built from and its embedding model (for
+    ``eval --rag DIR``, which rebuilds the ablation's indexes from the same inputs)."""
+    manifest = read_manifest(index_dir)
+    return [entry["path"] for entry in manifest["files"].values()], manifest["embedder"]["name"]
 
 
 def _holds_gold(record: MCQARecord, sources: list[Hit]) -> bool | None:
