@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tutorlm.data.config import DataConfig
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.config import EvalConfig
+from tutorlm.layout import RunLayout
 from tutorlm.models import BUNDLED
 from tutorlm.pipeline.sweep_config import SweepVariant
 from tutorlm.quantize.config import QuantizeConfig
@@ -68,6 +69,22 @@ class Recipe(BaseModel):
     def run_dir(self) -> Path:
         """``<run_root>/<name>``: where every stage of this recipe writes."""
         return Path(self.run_root) / self.name
+
+    @property
+    def layout(self) -> RunLayout:
+        """Every path of this run (``tutorlm.layout``): the only way stages find files."""
+        files = {
+            "sft.train.jsonl": self.train.sft_train_file,
+            "sft.val.jsonl": self.train.sft_val_file,
+            "prefs.train.jsonl": self.train.prefs_train_file,
+            "prefs.val.jsonl": self.train.prefs_val_file,
+        }
+        return RunLayout(
+            run_dir=self.run_dir,
+            base_model=self.model,
+            index_dir=self.rag.index_dir,
+            data_files={name: path for name, path in files.items() if path},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe, every default filled in."""

@@ -1,0 +1,150 @@
+"""What the machine can do: the device, the dtype and the threads every stage uses.
+
+Small models on CPUs are bound by the matmul kernel and by threads fighting for
+cores, so these choices matter as much as any model setting: a CPU with native
+bf16 instructions (``avx512_bf16`` or AMX) multiplies bf16 matrices several times
+faster than fp32, and OpenMP threads that must share a core with another busy
+process spin at every barrier. Training, evaluation, quantization, retrieval and
+serving all decide these here, so two stages never disagree about the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tutorlm.errors import TutorlmError
+
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""The dtype names a setting may give; ``auto`` is :func:`auto_dtype`."""
+
+
+class HardwareError(TutorlmError):
+    """A device or dtype setting this machine cannot honour."""
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The feature flags of the first CPU listed in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (avx512_bf16 or AMX)."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def auto_device() -> str:
+    """``cuda`` where a CUDA GPU is visible, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bf16_is_fast() -> bool:
+    """bf16 pays here: a CUDA GPU that supports it, or a CPU with bf16 instructions."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
+
+
+def auto_dtype():
+    """The dtype a model runs in when a setting says ``auto``.
+
+    bf16 where it is fast (see :func:`bf16_is_fast`); fp16 on a CUDA GPU without
+    bf16; fp32 elsewhere. fp16 is never chosen on a CPU: CPUs have no fast fp16 kernels.
+    """
+    import torch
+
+    if bf16_is_fast():
+        return torch.bfloat16
+    return torch.float16 if torch.cuda.is_available() else torch.float32
+
+
+def resolve_dtype(dtype):
+    """A torch dtype from a name in :data:`DTYPES` (``None`` and torch dtypes pass through).
+
+    Raises:
+        HardwareError: a name that is not a dtype.
+    """
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise HardwareError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return auto_dtype() if dtype == "auto" else getattr(torch, dtype)
+
+
+def thread_count(setting: int | str = "auto") -> int:
+    """Torch threads for this process.
+
+    ``auto``: ``OMP_NUM_THREADS`` if the user set it; else the cores this process
+    may run on, divided among the processes of this node (``LOCAL_WORLD_SIZE``,
+    set by ``accelerate launch`` / ``torchrun``), less the cores other processes
+    keep busy right now (:func:`busy_cores_elsewhere`): an OpenMP thread that shares
+    its core with another busy process stalls every barrier of the whole team.
+    """
+    if setting != "auto":
+        return max(1, int(setting))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    busy = int(busy_cores_elsewhere() + 0.5)
+    return max(1, min(cores // local_processes, cores - busy))
+
+
+def busy_cores_elsewhere(window: float = 0.25) -> float:
+    """Cores other processes kept busy over the last ``window`` seconds.
+
+    The machine's busy CPU time (psutil) less this process's own, not the load
+    average: that average trails by a minute, so a pipeline's next stage would
+    count the stage that just finished in this same process as a stranger and
+    halve its threads.
+    """
+    import time
+
+    first = _cpu_sample()
+    time.sleep(window)
+    return cores_busy_between(first, _cpu_sample(), window)
+
+
+def _cpu_sample() -> tuple[float, float]:
+    """(seconds all CPUs were busy, seconds this process ran) since boot / its start."""
+    import psutil
+
+    machine = psutil.cpu_times()
+    own = psutil.Process().cpu_times()
+    busy = machine.user + machine.nice + machine.system
+    busy += sum(getattr(machine, name, 0.0) for name in ("irq", "softirq", "steal"))
+    return busy, own.user + own.system
+
+
+def cores_busy_between(
+    first: tuple[float, float], second: tuple[float, float], seconds: float
+) -> float:
+    """Cores busy with other processes between two samples ``seconds`` apart."""
+    others = (second[0] - first[0]) - (second[1] - first[1])
+    return max(0.0, others / seconds) if seconds > 0 else 0.0
+
+
+def apply_threads(setting: int | str = "auto") -> int:
+    """Set torch's intra-op threads; returns the count."""
+    import torch
+
+    count = thread_count(setting)
+    torch.set_num_threads(count)
+    return count
