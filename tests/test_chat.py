@@ -10,8 +10,9 @@ import pytest
 from test_serve_support import MOMENTUM, build_notes_index, lively_copy
 
 from tutorlm.generation import chat
+from tutorlm.layout import tutor_commands
 from tutorlm.serve.chat import HELP, ChatSession, run_chat
-from tutorlm.serve.commands import served_name, tutor_commands
+from tutorlm.serve.commands import served_name
 from tutorlm.serve.engine import LocalEngine, load_serving_model
 from tutorlm.serve.tutor import MODE_PROMPTS, Tutor
 
@@ -173,6 +174,7 @@ def test_settings_come_from_flags_over_the_recipe_over_defaults(tmp_path):
         "serve: {max_batch: 3, mode: hint, port: 9000}\n"
     )
     (tmp_path / "runs/r/sft/merged").mkdir(parents=True)
+    (tmp_path / "runs/r/sft/merged/config.json").write_text("{}")
     (tmp_path / "runs/r/rag/index").mkdir(parents=True)
     from_recipe = resolve_settings(parse(_configure_serve, ["--recipe", str(recipe)]))
     assert from_recipe.model == f"{tmp_path}/runs/r/sft/merged"  # M1: there is no M2 yet

@@ -1,10 +1,9 @@
-"""``tutorlm chat`` and ``tutorlm serve``, and the commands a report prints for a model."""
+"""``tutorlm chat`` and ``tutorlm serve``: settings from flags over a recipe over defaults."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,19 +33,6 @@ SETTING_FLAGS = {
     "budget_tokens": "rag_budget_tokens",
 }
 """Command-line flags that override a ``ServeConfig`` field (flag name -> field)."""
-
-
-def tutor_commands(model_dir: str | os.PathLike, rag_dir: str | os.PathLike | None = None) -> dict:
-    """The exact shell commands that chat with and serve a model, for reports and docs.
-
-    Returns ``{"chat": "tutorlm chat --model ...", "serve": "tutorlm serve --model ..."}``,
-    with ``--rag DIR`` when an index is given.
-    """
-    rag = ["--rag", str(rag_dir)] if rag_dir is not None else []
-    return {
-        "chat": shlex.join(["tutorlm", "chat", "--model", str(model_dir), *rag]),
-        "serve": shlex.join(["tutorlm", "serve", "--model", str(model_dir), *rag]),
-    }
 
 
 def served_name(spec: str) -> str:
@@ -158,14 +144,12 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
     base, rag, model, rag_dir, template = _SERVE, _RAG, None, None, None
     if args.recipe:
-        from tutorlm.pipeline.stages import model_paths
         from tutorlm.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
         base, rag, template = recipe.serve, recipe.rag, recipe.chat_template
-        paths = model_paths(recipe)
-        model = next((paths[m] for m in ("M2", "M1") if Path(paths[m]).is_dir()), recipe.model)
-        index = recipe.rag.index_path(recipe.run_dir)
+        model = recipe.layout.final_model()
+        index = recipe.layout.index
         rag_dir = str(index) if index.is_dir() else None
     overrides = {
         field: getattr(args, flag)
