@@ -61,7 +61,7 @@ def test_interrupted_run_resumes_at_the_unfinished_stage(recipe):
     calls = []
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(recipe, _stages(calls, fail_at="train"), echo=lambda _: None)
-    state = PipelineState.load(recipe.run_dir)
+    state = PipelineState.load(recipe.layout)
     assert (state.stages["data"]["status"], state.stages["train"]["status"]) == ("done", "running")
     run_pipeline(recipe, _stages(calls), echo=lambda _: None)
     assert calls == ["data", "train", "eval"]

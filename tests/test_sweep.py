@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tutorlm.cli import main
+from tutorlm.contract import CONTRACTS
 from tutorlm.pipeline.runner import Stage, StageOutcome
 from tutorlm.pipeline.sweep import (
     SweepError,
@@ -24,12 +25,7 @@ from tutorlm.pipeline.sweep import (
     shareable_stages,
     variants_from_sets,
 )
-from tutorlm.recipe import RecipeError
-
-
-def _section(recipe, *names):
-    data = recipe.to_dict()
-    return {name: data[name] for name in names}
+from tutorlm.recipe import RecipeError, load_recipe
 
 
 def fake_stages(calls: list[str], fail_when_beta: float | None = None) -> list[Stage]:
@@ -72,12 +68,15 @@ def fake_stages(calls: list[str], fail_when_beta: float | None = None) -> list[S
         out = write(recipe.run_dir / "eval" / "m2" / "results.json", results)
         return StageOutcome("M2 scored", [out])
 
-    train = lambda r: _section(r, "model", "chat_template", "train", "seed")  # noqa: E731
+    def declared(name, run):  # the real stage's contract, switched on whatever the recipe
+        settings = CONTRACTS[name].settings
+        return Stage(name, run, lambda r: settings(r.to_dict()), after=CONTRACTS[name].after)
+
     return [
-        Stage("data", data, settings=lambda r: _section(r, "model", "data", "seed")),
-        Stage("sft", sft, settings=train, after=("data",)),
-        Stage("dpo", dpo, settings=train, after=("sft", "data")),
-        Stage("eval-m2", eval_m2, settings=lambda r: _section(r, "eval"), after=("dpo",)),
+        declared("data", data),
+        declared("sft", sft),
+        declared("dpo", dpo),
+        declared("eval-m2", eval_m2),
     ]
 
 
@@ -174,17 +173,29 @@ def test_a_bad_override_names_its_variant(tmp_path):
 
 
 def test_which_stages_a_difference_leaves_shared():
-    everything = ["data", "sft", "eval-m0", "eval-m1"]
-    assert (
-        shareable_stages(["train.beta", "train.dpo.learning_rate", "quantize.methods"])
-        == everything
-    )
-    assert shareable_stages(["eval.tasks"]) == ["data", "sft"]
-    assert shareable_stages(["train.sft.lr_scheduler_type"]) == ["data", "eval-m0"]
-    assert shareable_stages(["train.dpo_lora.r", "train.lora.r"]) == ["data", "eval-m0"]
-    assert shareable_stages(["model"]) == []
-    assert shareable_stages(["data.prefs.sources"]) == []
-    assert shareable_stages(["train.some_new_field"]) == ["data", "eval-m0"]  # unknown: re-run SFT
+    base = load_recipe("recipes/demo.yaml")
+
+    def shared(*overrides):
+        return shareable_stages(base, load_recipe("recipes/demo.yaml", list(overrides)))
+
+    everything = list(CONTRACTS)
+    assert shared() == everything
+    # the report shows the whole recipe; threads and batch size change no other result
+    assert shared("train.threads=1", "eval.batch_size=2") == everything[:-1]
+    assert shared("train.beta=0.4", "train.dpo.learning_rate=1e-5") == [
+        "data",
+        "sft",
+        "eval-m0",
+        "eval-m1",
+    ]
+    assert shared("quantize.methods=[int8-dynamic]") == [
+        n for n in everything if n not in ("quantize", "report")
+    ]
+    assert shared("eval.shots=1") == ["data", "sft", "dpo", "samples"]
+    assert shared("train.sft.lr_scheduler_type=constant") == ["data", "eval-m0"]
+    assert shared("train.lora.r=4") == ["data", "eval-m0"]
+    assert shared("model=other/model") == []
+    assert shared("data.seed=7") == []
 
 
 def test_paths_inside_each_run_directory_are_not_differences(recipe_file):
@@ -271,3 +282,16 @@ def test_every_shipped_sweep_expands_to_valid_recipes():
             assert all(v.recipe.name == f"{name}-{v.name}" for v in variants)
             swept += 1
     assert swept >= 3
+
+
+def test_sweep_values_are_read_as_the_recipe_reads_them(recipe_file):
+    """``5e-4`` is a number in a recipe; a sweep's --set must not make it a string."""
+    assert parse_set("train.sft.learning_rate=5e-4,1e-4") == (
+        "train.sft.learning_rate",
+        [5e-4, 1e-4],
+    )
+    calls = []
+    sets = ["train.sft.learning_rate=5e-4,1e-4"]
+    result = run_sweep(recipe_file, sets=sets, stages=fake_stages(calls), echo=lambda line: None)
+    assert [row["status"] for row in result.rows] == ["done", "done"]
+    assert [row["sft_loss"] for row in result.rows] == [pytest.approx(0.5), pytest.approx(0.1)]

@@ -83,6 +83,12 @@ def _dpo_on(recipe: Mapping[str, Any]) -> bool:
     return pairs and (_sft_on(recipe) or value_at(recipe, "train.dpo_start") == "m0")
 
 
+def dpo_start(recipe: Mapping[str, Any]) -> str:
+    """The model DPO starts from (and scores its reward against): ``M1``, or ``M0`` with
+    ``train.dpo_start: m0`` or when the recipe has no SFT stage."""
+    return "M1" if _sft_on(recipe) and value_at(recipe, "train.dpo_start") != "m0" else "M0"
+
+
 def _quantize_on(recipe: Mapping[str, Any]) -> bool:
     return _dpo_on(recipe) and bool(value_at(recipe, "quantize.methods"))
 
@@ -171,14 +177,14 @@ CONTRACTS: dict[str, StageContract] = {
             "quantize",
             reads=(*_BASE, *_EVAL, "quantize"),
             after=("dpo", "data"),
-            outputs=lambda layout: (layout.quantize_dir / "compare.md",),
+            outputs=lambda layout: (layout.quantize_table,),
             enabled=_quantize_on,
         ),
         StageContract(
             "rag",
             reads=(*_BASE, *_EVAL, "rag"),
             after=("dpo", "data"),
-            outputs=lambda layout: (layout.rag_dir / "ablation.md", layout.index),
+            outputs=lambda layout: (layout.ablation_table, layout.index),
             enabled=_rag_on,
         ),
         StageContract(
@@ -191,7 +197,17 @@ CONTRACTS: dict[str, StageContract] = {
         StageContract(
             "report",
             reads=("*",),
-            after=("data", "sft", "dpo", "eval-m0", "eval-m1", "eval-m2", "quantize", "rag"),
+            after=(
+                "data",
+                "sft",
+                "dpo",
+                "eval-m0",
+                "eval-m1",
+                "eval-m2",
+                "quantize",
+                "rag",
+                "samples",
+            ),
             outputs=lambda layout: (layout.report_html, layout.report_md),
         ),
     )

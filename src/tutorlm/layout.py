@@ -145,6 +145,24 @@ class RunLayout:
         return self.quantize_dir / "models"
 
     @property
+    def quantize_table(self) -> Path:
+        """The quantize stage's comparison (``compare.md``; ``compare.json`` beside it)."""
+        return self.quantize_dir / "compare.md"
+
+    @property
+    def quantize_plot(self) -> Path:
+        return self.quantize_dir / "compare.png"
+
+    @property
+    def ablation_table(self) -> Path:
+        """The RAG ablation's table (``ablation.md``; ``ablation.json`` beside it)."""
+        return self.rag_dir / "ablation.md"
+
+    @property
+    def ablation_plot(self) -> Path:
+        return self.rag_dir / "ablation.png"
+
+    @property
     def rag_dir(self) -> Path:
         """The RAG ablation's outputs."""
         return self.run_dir / "rag"

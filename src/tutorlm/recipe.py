@@ -18,19 +18,46 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tutorlm.data.config import DataConfig
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.config import EvalConfig
 from tutorlm.layout import RunLayout
 from tutorlm.models import BUNDLED
-from tutorlm.pipeline.sweep_config import SweepVariant
 from tutorlm.quantize.config import QuantizeConfig
 from tutorlm.rag.config import RagConfig
 from tutorlm.serve.config import ServeConfig
 from tutorlm.smoke import SmokeConfig
 from tutorlm.train.config import TrainConfig
+
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class SweepVariant(BaseModel):
+    """One run of ``tutorlm sweep``: the recipe with these values changed."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str = Field(pattern=VARIANT_NAME)
+    """Short name; the variant runs as ``<recipe name>-<name>`` in its own run directory."""
+    description: str = ""
+    """What the variant stands for (e.g. the report's table row or figure it reproduces)."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Dotted keys and their values, as on the command line (``train.beta: 0.4``); a
+    value may be a whole list or mapping (``data.prefs.sources: [...]``). Empty: the
+    recipe as written."""
+
+    @field_validator("overrides")
+    @classmethod
+    def _dotted_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        for key in overrides:
+            parts = key.split(".")
+            if not all(parts) or key in ("name", "sweep"):
+                raise ValueError(
+                    f"override key {key!r} must be a dotted recipe key other than name"
+                )
+        return overrides
 
 
 class Recipe(BaseModel):

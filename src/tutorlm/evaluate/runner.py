@@ -56,6 +56,39 @@ def model_label(spec: str | Path) -> str:
     return text.replace("/", "--")
 
 
+def run_model_label(recipe, model_spec) -> str | None:
+    """``M0``, ``M1`` or ``M2`` when ``model_spec`` is one of the run's own models."""
+    wanted = str(model_spec).rstrip("/")
+    for label, spec in recipe.layout.models().items():
+        if wanted == spec or (
+            Path(wanted).exists() and Path(wanted).resolve() == Path(spec).resolve()
+        ):
+            return label
+    return None
+
+
+def reward_reference(recipe, model_spec) -> str | None:
+    """The reference model of ``model_spec``'s implicit DPO reward, decided here only.
+
+    ``eval.reward_reference`` when set; else the model a run's model was trained
+    from: M1 against M0, M2 against where DPO started (M1, or M0; see
+    :func:`tutorlm.contract.dpo_start`), M0 against nothing. A model from outside
+    the run is measured against the recipe's base model. ``None`` (no reward) where
+    the reference would be the model itself: every pair would tie.
+    """
+    from tutorlm.contract import dpo_start
+
+    label = run_model_label(recipe, model_spec)
+    reference = recipe.eval.reward_reference
+    if reference is None:
+        starts = {"M0": None, "M1": "M0", "M2": dpo_start(recipe.to_dict())}
+        origin = starts[label] if label else "M0"
+        reference = recipe.layout.model(origin) if origin else None
+    if reference is None or run_model_label(recipe, reference) == (label or object()):
+        return None
+    return reference
+
+
 def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
     """The task specs of a recipe (its ``eval.tasks`` unless ``tasks`` is given)."""
     from tutorlm.evaluate.perplexity import bundled_notes_dir
@@ -67,21 +100,21 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
         from tutorlm.evaluate.scorer import ScorerError
 
         raise ScorerError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-    data = recipe.run_dir / "data"
+    layout = recipe.layout
     build = f"tutorlm data build {recipe.source_path or 'RECIPE'}"
     specs = []
     for name in names:
         if name == "mmlu_stem":
-            specs.append(TaskSpec(name, "mcqa", [data / "mmlu_stem.jsonl"], build))
+            specs.append(TaskSpec(name, "mcqa", [layout.data("mmlu_stem.jsonl")], build))
         elif name == "mcqa_test":
-            specs.append(TaskSpec(name, "mcqa", [data / "mcqa.test.jsonl"], build))
+            specs.append(TaskSpec(name, "mcqa", [layout.data("mcqa.test.jsonl")], build))
         elif name == "reward":
-            specs.append(TaskSpec(name, "reward", [data / "prefs.test.jsonl"], build))
+            specs.append(TaskSpec(name, "reward", [layout.data("prefs.test.jsonl")], build))
         elif name == "perplexity_notes":
             paths = [Path(p) for p in settings.perplexity_files] or [bundled_notes_dir()]
             specs.append(TaskSpec(name, "perplexity", paths, "set eval.perplexity_files"))
         elif name == "generation":
-            path = Path(settings.generation_file or data / "sft.val.jsonl")
+            path = Path(settings.generation_file or layout.data("sft.val.jsonl"))
             hint = build if not settings.generation_file else "set eval.generation_file"
             specs.append(TaskSpec(name, "generation", [path], hint))
         elif name == "choice":
@@ -89,7 +122,7 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
             specs.append(TaskSpec(name, "choice", paths, "set eval.choice_file"))
         else:  # <kind>:<eval set>, a file the data stage writes from data.eval_sets
             kind, eval_set = EVAL_SET_TASK.match(name).groups()
-            specs.append(TaskSpec(name, kind, [data / f"{eval_set}.jsonl"], build))
+            specs.append(TaskSpec(name, kind, [layout.data(f"{eval_set}.jsonl")], build))
     return specs
 
 
@@ -309,7 +342,7 @@ def run_tasks(
         else:
             runnable.append(spec)
     if runnable:
-        from tutorlm.train.runtime import apply_threads
+        from tutorlm.hardware import apply_threads
 
         results["threads"] = apply_threads(settings.threads)
     if runnable and scorer is None:
@@ -368,8 +401,8 @@ def run_eval(
         model_spec: the model (spec string or directory).
         tasks: task names (default ``recipe.eval.tasks``).
         out_dir: where to write (default ``<run_dir>/eval/<model-name>``).
-        reference: reference model of the ``reward`` task (default
-            ``eval.reward_reference``, else the recipe's base model).
+        reference: reference model of the reward tasks (default
+            :func:`reward_reference`; without one they are left out).
         progress: show progress bars; echo: called with one line per task.
 
     Returns:
@@ -379,11 +412,14 @@ def run_eval(
 
     if isinstance(recipe, str | Path):
         recipe = load_recipe(recipe)
-    out_dir = Path(out_dir) if out_dir else recipe.run_dir / "eval" / model_label(model_spec)
-    reference = reference or recipe.eval.reward_reference or recipe.model
+    out_dir = Path(out_dir) if out_dir else recipe.layout.eval_dir(model_label(model_spec))
+    reference = reference or reward_reference(recipe, model_spec)
+    specs = recipe_tasks(recipe, tasks)
+    if reference is None:  # a model without a reference has no implicit reward
+        specs = [spec for spec in specs if spec.kind != "reward"]
     return run_tasks(
         model_spec,
-        recipe_tasks(recipe, tasks),
+        specs,
         recipe.eval,
         out_dir,
         seed=recipe.seed,

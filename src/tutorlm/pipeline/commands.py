@@ -19,19 +19,18 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from tutorlm.layout import tutor_commands
     from tutorlm.pipeline.runner import run_pipeline
-    from tutorlm.pipeline.stages import model_paths, pipeline_stages, rag_index_dir
+    from tutorlm.pipeline.stages import pipeline_stages
     from tutorlm.recipe import load_recipe, save_resolved
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
     save_resolved(recipe)
     print(f"run {recipe.name}: {recipe.run_dir}/")
     run_pipeline(recipe, pipeline_stages(), start=args.start, only=args.only)
-    report = recipe.run_dir / "report.html"
+    report = recipe.layout.report_html
     if report.is_file():
-        from tutorlm.serve.commands import tutor_commands
-
-        commands = tutor_commands(model_paths(recipe)["M2"], rag_index_dir(recipe))
+        commands = tutor_commands(recipe.layout.model("M2"), recipe.layout.index)
         print(f"\nreport: {report.resolve()}")
         print(f"chat with the tutor: {commands['chat']}")
     return 0

@@ -12,8 +12,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tutorlm.layout import MODEL_LABELS, tutor_commands
 from tutorlm.pipeline.runner import PipelineState
-from tutorlm.pipeline.stages import model_paths, rag_index_dir
 from tutorlm.recipe import Recipe
 from tutorlm.report.document import Figure, Section, markdown_table, write_report
 from tutorlm.report.plots import plot_training_curves, read_metrics
@@ -41,7 +41,7 @@ def _overview(recipe: Recipe, state: PipelineState) -> Section:
 
 
 def _data(recipe: Recipe) -> Section:
-    path = recipe.run_dir / "data" / "manifest.json"
+    path = recipe.layout.data_manifest
     if not path.is_file():
         return Section("Data", _missing("the data manifest", "data"))
     manifest = json.loads(path.read_text())
@@ -74,9 +74,9 @@ def _data(recipe: Recipe) -> Section:
 
 
 def _training(recipe: Recipe) -> Section:
-    sft = read_metrics(recipe.run_dir / "sft" / "metrics.jsonl")
-    dpo = read_metrics(recipe.run_dir / "dpo" / "metrics.jsonl")
-    png = plot_training_curves(sft, dpo, recipe.run_dir / "report_files" / "training.png")
+    layout = recipe.layout
+    sft, dpo = read_metrics(layout.metrics("sft")), read_metrics(layout.metrics("dpo"))
+    png = plot_training_curves(sft, dpo, layout.report_files / "training.png")
     if png is None:
         return Section("Training", _missing("training metrics", "sft/dpo"))
     rows = []
@@ -104,8 +104,8 @@ def _evaluation(recipe: Recipe) -> Section:
     from tutorlm.evaluate.tables import compare_markdown, load_results
 
     found, labels = [], []
-    for label in ("M0", "M1", "M2"):
-        path = recipe.run_dir / "eval" / label.lower() / "results.json"
+    for label in MODEL_LABELS:
+        path = recipe.layout.eval_results(label)
         if path.is_file():
             found.append(load_results(path))
             labels.append(f"{label} ({'base' if label == 'M0' else 'trained'})")
@@ -126,7 +126,7 @@ def _file_section(title: str, md: Path, png: Path | None, stage: str, caption: s
 
 
 def _samples(recipe: Recipe) -> Section:
-    path = recipe.run_dir / "samples.json"
+    path = recipe.layout.samples
     if not path.is_file():
         return Section("Sample answers", _missing("sample answers", "samples"))
     rows = json.loads(path.read_text())
@@ -139,9 +139,7 @@ def _samples(recipe: Recipe) -> Section:
 
 
 def _use(recipe: Recipe) -> Section:
-    from tutorlm.serve.commands import tutor_commands
-
-    commands = tutor_commands(model_paths(recipe)["M2"], rag_index_dir(recipe))
+    commands = tutor_commands(recipe.layout.model("M2"), recipe.layout.index)
     text = (
         "```bash\n"
         f"{commands['chat']}\n"
@@ -160,7 +158,7 @@ def _targets(recipe: Recipe, state: PipelineState) -> Section:
 
 def build_run_report(recipe: Recipe, state: PipelineState) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into the run directory."""
-    run = recipe.run_dir
+    layout = recipe.layout
     sections = [
         _overview(recipe, state),
         _targets(recipe, state),
@@ -169,19 +167,19 @@ def build_run_report(recipe: Recipe, state: PipelineState) -> tuple[Path, Path]:
         _evaluation(recipe),
         _file_section(
             "Quantization",
-            run / "quantize" / "compare.md",
-            run / "quantize" / "compare.png",
+            layout.quantize_table,
+            layout.quantize_plot,
             "quantize",
             "Accuracy against memory",
         ),
         _file_section(
             "Retrieval ablation",
-            run / "rag" / "ablation.md",
-            run / "rag" / "ablation.png",
+            layout.ablation_table,
+            layout.ablation_plot,
             "rag",
             "MCQA accuracy with and without retrieved notes",
         ),
         _samples(recipe),
         _use(recipe),
     ]
-    return write_report(run, f"tutorlm run report: {recipe.name}", sections)
+    return write_report(layout.run_dir, f"tutorlm run report: {recipe.name}", sections)

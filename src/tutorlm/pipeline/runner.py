@@ -1,7 +1,8 @@
 """Run a recipe's stages in order, skipping those whose inputs have not changed.
 
-Each stage has a *key*: the sha256 of its own recipe settings, the keys of the
-stages it reads from, and the content hashes of the files it reads. The key and
+Each stage has a *key*: the sha256 of its own recipe settings (the keys its
+contract in :mod:`tutorlm.contract` declares) and the fingerprints of the stages
+it reads from (which change with the content of what they wrote). The key and
 the outcome of every finished stage are kept in ``<run_dir>/pipeline.json``
 (written atomically after each stage). A stage whose key is recorded as done, and
 whose outputs still exist, is skipped; so a run that was interrupted picks up
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tutorlm.contract import StageContract
 from tutorlm.data.formats import atomic_write_text
 from tutorlm.errors import TutorlmError
+from tutorlm.layout import RunLayout
 from tutorlm.recipe import Recipe
 
 
@@ -54,6 +57,17 @@ class Stage:
     after: tuple[str, ...] = ()
     enabled: Callable[[Recipe], bool] = lambda recipe: True
 
+    @classmethod
+    def declared(cls, contract: StageContract, run: Callable) -> Stage:
+        """A stage whose settings, upstream stages and switch come from its contract."""
+        return cls(
+            contract.name,
+            run,
+            settings=lambda recipe: contract.settings(recipe.to_dict()),
+            after=contract.after,
+            enabled=lambda recipe: contract.enabled(recipe.to_dict()),
+        )
+
 
 @dataclass
 class PipelineState:
@@ -63,8 +77,8 @@ class PipelineState:
     stages: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, run_dir: Path) -> PipelineState:
-        path = run_dir / "pipeline.json"
+    def load(cls, layout: RunLayout) -> PipelineState:
+        path = layout.pipeline_record
         stages = json.loads(path.read_text())["stages"] if path.is_file() else {}
         return cls(path=path, stages=stages)
 
@@ -117,7 +131,7 @@ def run_pipeline(
         start: re-run this stage and every stage after it (``--from``).
         only: run just this stage (``--only``); its inputs must exist.
     """
-    state = PipelineState.load(recipe.run_dir)
+    state = PipelineState.load(recipe.layout)
     forced = select_stages(stages, start=start, only=only)
     width = max(len(stage.name) for stage in stages)
     for stage in stages:

@@ -16,12 +16,12 @@ def sample_questions(recipe: Recipe, n: int = N_SAMPLES) -> list[list[dict]]:
     """The prompts (messages before the reference answer) of the first ``n`` held-out
     SFT conversations; they were never trained on. A recipe without SFT data (ProbLLMs
     trains DPO alone) takes the prompts of its held-out preference pairs instead."""
-    data = recipe.run_dir / "data"
-    path = data / "sft.val.jsonl"
+    layout = recipe.layout
+    path = layout.data("sft.val.jsonl")
     if not path.is_file():
         for name in ("prefs.test.jsonl", "prefs.val.jsonl"):
-            if (data / name).is_file():
-                records = read_records(data / name, "preference", strict=False).records[:n]
+            if layout.data(name).is_file():
+                records = read_records(layout.data(name), "preference", strict=False).records[:n]
                 return [[m.model_dump() for m in record.prompt] for record in records]
         return []
     records = read_records(path, "sft", strict=False).records[:n]
@@ -33,7 +33,7 @@ def sample_questions(recipe: Recipe, n: int = N_SAMPLES) -> list[list[dict]]:
     return prompts
 
 
-def answer_samples(recipe: Recipe, models: dict[str, str], labels=("M0", "M2")) -> Path:
+def answer_samples(recipe: Recipe, labels=("M0", "M2")) -> Path:
     """Generate greedy answers of each labelled model; write ``samples.json``."""
     from tutorlm.generation import chat
     from tutorlm.models import load_model
@@ -42,7 +42,7 @@ def answer_samples(recipe: Recipe, models: dict[str, str], labels=("M0", "M2")) 
     prompts = sample_questions(recipe)
     answers: dict[str, list[str]] = {}
     for label in labels:
-        model, tokenizer = load_model(models[label])
+        model, tokenizer = load_model(recipe.layout.model(label))
         if label == "M0":  # trained checkpoints carry their template; the base may not
             apply_template(tokenizer, recipe.chat_template)
         answers[label] = [
@@ -54,6 +54,6 @@ def answer_samples(recipe: Recipe, models: dict[str, str], labels=("M0", "M2")) 
         {"question": prompt[-1]["content"], **{label: answers[label][i] for label in labels}}
         for i, prompt in enumerate(prompts)
     ]
-    out = recipe.run_dir / "samples.json"
+    out = recipe.layout.samples
     atomic_write_text(out, json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
     return out

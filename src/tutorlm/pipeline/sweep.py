@@ -12,9 +12,9 @@ alone. The variants come from the recipe's ``sweep:`` list, or from
 Stages upstream of every changed value are shared, not recomputed: a variant
 that differs from an earlier one only in DPO settings (``train.beta``,
 ``train.dpo.*``...) gets a copy of that variant's data, M1 and M0/M1 evaluations,
-and its pipeline record says so. Which settings a stage depends on is decided
-conservatively (:data:`STAGE_INPUTS`, :data:`DPO_ONLY`): an unknown difference
-under ``train.`` re-runs SFT. Copies, not links, keep every run directory
+and its pipeline record says so. Which settings a stage depends on is the
+stage's contract (:mod:`tutorlm.contract`), the same declaration that keys
+``tutorlm run``'s cache. Copies, not links, keep every run directory
 independent, so a later re-run of one variant never rewrites another's files.
 
 The table (``runs/<name>-sweep/results.md`` and ``results.json``) has one row per
@@ -36,41 +36,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tutorlm.contract import shareable
 from tutorlm.errors import TutorlmError
 from tutorlm.pipeline.runner import PipelineState, Stage, run_pipeline, stage_key
-from tutorlm.pipeline.sweep_config import SweepVariant
 from tutorlm.recipe import (
     Recipe,
     RecipeError,
+    SweepVariant,
     load_recipe,
+    parse_yaml,
     recipe_from_dict,
     save_resolved,
     set_dotted,
 )
 from tutorlm.smoke import rename_run
-
-#: The recipe keys (dotted prefixes) each shareable stage's outputs depend on.
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "data": ("model", "chat_template", "seed", "run_root", "data."),
-    "sft": ("model", "chat_template", "seed", "run_root", "data.", "train."),
-    "eval-m0": ("model", "chat_template", "seed", "run_root", "data.", "eval."),
-    "eval-m1": ("model", "chat_template", "seed", "run_root", "data.", "train.", "eval."),
-}
-
-#: ``train`` keys that only the DPO stage reads: a difference here leaves SFT shared.
-DPO_ONLY: tuple[str, ...] = (
-    "train.loss",
-    "train.beta",
-    "train.eps",
-    "train.dpo_start",
-    "train.precompute_ref_logps",
-    "train.prefs_train_file",
-    "train.prefs_val_file",
-    "train.dpo.",
-    "train.dpo_lora.",
-)
 
 
 class SweepError(TutorlmError):
@@ -104,7 +83,8 @@ class SweepResult:
 
 
 def parse_set(option: str) -> tuple[str, list[Any]]:
-    """``key=v1,v2`` -> ``(key, [v1, v2])``; values are YAML (``0.1``, ``cosine``, ``[1, 2]``).
+    """``key=v1,v2`` -> ``(key, [v1, v2])``; values are recipe YAML (``0.1``, ``5e-4``,
+    ``cosine``, ``[1, 2]``), read by the recipe's own reader.
 
     Raises:
         SweepError: no ``=``, or no value.
@@ -113,8 +93,8 @@ def parse_set(option: str) -> tuple[str, list[Any]]:
     if not sep or not key.strip() or not values.strip():
         raise SweepError(f"--set {option!r}: expected key=value1,value2,...")
     try:
-        parsed = yaml.safe_load(f"[{values}]")
-    except yaml.YAMLError as error:
+        parsed = parse_yaml(f"[{values}]")
+    except ValueError as error:
         raise SweepError(f"--set {option!r}: values are not valid YAML: {error}") from None
     return key.strip(), parsed
 
@@ -138,7 +118,7 @@ def variants_from_sets(options: Sequence[str]) -> list[SweepVariant]:
 def _read(path: Path) -> tuple[dict, Recipe]:
     """The recipe file as written (a dict) and validated (its errors name file and key)."""
     recipe = load_recipe(path)
-    return yaml.safe_load(path.read_text()) or {}, recipe
+    return parse_yaml(path.read_text()) or {}, recipe
 
 
 def expand_variants(
@@ -229,25 +209,17 @@ def differing_keys(donor: Recipe, recipe: Recipe) -> list[str]:
     )
 
 
-def _matches(key: str, prefix: str) -> bool:
-    return key == prefix.rstrip(".") or key.startswith(
-        prefix if prefix.endswith(".") else prefix + "."
-    )
+def shareable_stages(donor: Recipe, recipe: Recipe) -> list[str]:
+    """The stages whose results ``recipe`` can take from ``donor``: by their contracts,
+    neither their settings nor those of a stage upstream differ (paths under each
+    variant's own run directory compared as if both had the same name)."""
+    return shareable(rename_run(donor.to_dict(), recipe.name), recipe.to_dict())
 
 
-def shareable_stages(differences: Sequence[str]) -> list[str]:
-    """The stages of :data:`STAGE_INPUTS` none of whose inputs is among ``differences``."""
-    shared = []
-    for stage, prefixes in STAGE_INPUTS.items():
-        relevant = [
-            key
-            for key in differences
-            if any(_matches(key, p) for p in prefixes)
-            and not any(_matches(key, d) for d in DPO_ONLY)
-        ]
-        if not relevant:
-            shared.append(stage)
-    return shared
+def _inside_stage_folder(path: Path, run_dir: Path) -> bool:
+    """A stage's output that lives in a folder of its own under the run directory (so
+    that copying the folder copies that stage's work and nothing else)."""
+    return path.is_relative_to(run_dir) and path.parent != run_dir
 
 
 def share_stages(
@@ -259,8 +231,8 @@ def share_stages(
     Stops at the first stage the donor has not finished (a later one could not
     rest on it). Returns the names copied.
     """
-    donor_state = PipelineState.load(donor.run_dir)
-    state = PipelineState.load(recipe.run_dir)
+    donor_state = PipelineState.load(donor.layout)
+    state = PipelineState.load(recipe.layout)
     copied = []
     for stage in stages:
         if stage.name not in names or not stage.enabled(donor):
@@ -270,6 +242,8 @@ def share_stages(
             break
         key = stage_key(stage, recipe, state)
         outputs = [Path(p) for p in record.get("outputs", [])]
+        if not all(_inside_stage_folder(p, donor.run_dir) for p in outputs):
+            break
         mine = state.stages.get(stage.name, {})
         moved = [recipe.run_dir / p.relative_to(donor.run_dir) for p in outputs]
         if (
@@ -318,9 +292,10 @@ def variant_row(variant: Variant, status: str) -> dict:
     """One row of the table, read from the files the variant's stages wrote."""
     from tutorlm.report.plots import read_metrics
 
-    run_dir = variant.recipe.run_dir
-    sft = read_metrics(run_dir / "sft" / "metrics.jsonl")
-    dpo = read_metrics(run_dir / "dpo" / "metrics.jsonl")
+    layout = variant.recipe.layout
+    run_dir = layout.run_dir
+    sft = read_metrics(layout.metrics("sft"))
+    dpo = read_metrics(layout.metrics("dpo"))
     row: dict[str, Any] = {
         "variant": variant.name,
         "run_dir": str(run_dir),
@@ -335,11 +310,11 @@ def variant_row(variant: Variant, status: str) -> dict:
         "model": None,
         "tasks": {},
     }
-    for label in ("m2", "m1", "m0"):
-        path = run_dir / "eval" / label / "results.json"
+    for label in ("M2", "M1", "M0"):
+        path = layout.eval_results(label)
         if path.is_file():
             results = json.loads(path.read_text())
-            row["model"] = label.upper()
+            row["model"] = label
             for task, entry in results.get("tasks", {}).items():
                 metric, value = _headline(entry)
                 row["tasks"][f"{task} {metric}"] = value
@@ -424,7 +399,7 @@ def run_sweep(
         recipe = variant.recipe
         echo(f"\n== variant {variant.name}: {recipe.run_dir}/  {variant.description}".rstrip())
         save_resolved(recipe)
-        plans = [(shareable_stages(differing_keys(d.recipe, recipe)), d) for d in done]
+        plans = [(shareable_stages(d.recipe, recipe), d) for d in done]
         names, donor = max(plans, key=lambda plan: len(plan[0]), default=([], None))
         if names:
             copied = share_stages(donor.recipe, recipe, stages, names)

@@ -94,9 +94,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     spec = args.model or default_model(recipe)
     methods = args.method or ([] if args.gguf else recipe.quantize.methods)
     out = args.out or (
-        recipe.run_dir / "quantize" / "models"
-        if from_file
-        else Path("quantized") / _model_label(spec)
+        recipe.layout.quantized_models if from_file else Path("quantized") / _model_label(spec)
     )
     for name in methods:
         check_available(name)  # fail before any work on a method this machine cannot run
@@ -148,7 +146,8 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prefs", type=Path, help="preference JSONL for the reward column")
     parser.add_argument(
-        "--reference", help="reward reference model (default the recipe's base model)"
+        "--reference",
+        help="reward reference model (default: the model it was trained from, see docs/evaluate.md)",
     )
     parser.add_argument("--max-questions", type=int, help="MCQA questions / pairs per set")
     parser.add_argument("--new-tokens", type=int, help="tokens per timed generation")
@@ -173,7 +172,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         recipe = recipe.model_copy(update={"quantize": recipe.quantize.model_copy(update=updates)})
     spec = args.model or default_model(recipe)
     out = args.out or (
-        recipe.run_dir / "quantize" if from_file else Path("runs") / "quantize" / _model_label(spec)
+        recipe.layout.quantize_dir if from_file else Path("runs") / "quantize" / _model_label(spec)
     )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     run_quantize_compare(

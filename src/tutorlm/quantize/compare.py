@@ -39,18 +39,12 @@ REFERENCE_LABELS = {"float32": "fp32", "bfloat16": "bf16"}
 
 def default_model(recipe) -> str:
     """The model a recipe quantizes: ``quantize.model``, else M2, else M1, else M0."""
-    if recipe.quantize.model:
-        return recipe.quantize.model
-    for stage in ("dpo", "sft"):
-        merged = recipe.run_dir / stage / "merged"
-        if (merged / "config.json").is_file():
-            return str(merged)
-    return recipe.model
+    return recipe.quantize.model or recipe.layout.final_model()
 
 
 def resolve_tasks(recipe, out_dir: Path, *, mcqa=None, prefs=None) -> tuple[list[dict], dict]:
     """The accuracy tasks every row runs, with their files; and those skipped, with why."""
-    settings, data = recipe.quantize, recipe.run_dir / "data"
+    settings, layout = recipe.quantize, recipe.layout
     limits = [v for v in (settings.max_questions, recipe.eval.max_questions) if v]
     limit = min(limits) if limits else None
     tasks, skipped = [], {}
@@ -65,18 +59,18 @@ def resolve_tasks(recipe, out_dir: Path, *, mcqa=None, prefs=None) -> tuple[list
             else:
                 tasks.append({"name": name, "kind": "perplexity", "paths": paths, "limit": None})
         elif name == "mmlu_stem":
-            path = Path(mcqa) if mcqa else data / "mmlu_stem.jsonl"
+            path = Path(mcqa) if mcqa else layout.data("mmlu_stem.jsonl")
             if not path.is_file():
                 path = _mmlu_sample(out_dir, limit or 200, recipe.seed)
             tasks.append({"name": name, "kind": "mcqa", "paths": [str(path)], "limit": limit})
         elif name == "mcqa_test":
-            path = data / "mcqa.test.jsonl"
+            path = layout.data("mcqa.test.jsonl")
             if path.is_file():
                 tasks.append({"name": name, "kind": "mcqa", "paths": [str(path)], "limit": limit})
             else:
                 skipped[name] = f"{path} is missing (tutorlm data build RECIPE)"
         elif name == "reward":
-            path = Path(prefs) if prefs else data / "prefs.test.jsonl"
+            path = Path(prefs) if prefs else layout.data("prefs.test.jsonl")
             if path.is_file():
                 tasks.append({"name": name, "kind": "reward", "paths": [str(path)], "limit": limit})
             else:
@@ -162,7 +156,9 @@ def run_quantize_compare(
         out_dir: default ``<run_dir>/quantize``.
         methods: default ``recipe.quantize.methods``.
         mcqa, prefs: MCQA / preference JSONL files replacing the run's own.
-        reference: reward reference (default ``eval.reward_reference``, else the base model).
+        reference: reward reference (default the evaluate stage's
+            :func:`~tutorlm.evaluate.runner.reward_reference` of the model; without one
+            the reward column is left out).
         echo: called with one line per finished row.
 
     Returns:
@@ -173,7 +169,7 @@ def run_quantize_compare(
 
     settings = recipe.quantize
     model_spec = str(model_spec or default_model(recipe))
-    out_dir = Path(out_dir or recipe.run_dir / "quantize")
+    out_dir = Path(out_dir or recipe.layout.quantize_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = list(methods or settings.methods)
     for name in methods:
@@ -182,6 +178,13 @@ def run_quantize_compare(
                 f"unknown quantization method {name!r}; known: {', '.join(METHODS)}"
             )
     tasks, skipped_tasks = resolve_tasks(recipe, out_dir, mcqa=mcqa, prefs=prefs)
+    if reference is None:
+        from tutorlm.evaluate.runner import reward_reference
+
+        reference = reward_reference(recipe, model_spec)
+    if reference is None and any(task["kind"] == "reward" for task in tasks):
+        tasks = [task for task in tasks if task["kind"] != "reward"]
+        skipped_tasks["reward"] = f"{model_spec} has no reference model to score a reward against"
     base_job = {
         "generation": {
             "prompt": settings.prompt,
@@ -192,7 +195,7 @@ def run_quantize_compare(
         "tasks": tasks,
         "eval": recipe.eval.model_dump(mode="json"),
         "seed": recipe.seed,
-        "reference": reference or recipe.eval.reward_reference or recipe.model,
+        "reference": reference,
         "chat_template": recipe.chat_template,
     }
     rows: list[dict] = []

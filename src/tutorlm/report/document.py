@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutorlm.data.formats import atomic_write_text
+from tutorlm.layout import RunLayout
 
 _STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -86,15 +87,16 @@ def render_html(title: str, sections: list[Section]) -> str:
 
 
 def write_report(out_dir: Path, title: str, sections: list[Section]) -> tuple[Path, Path]:
-    """Write ``report.md`` (+ ``report_files/``) and a self-contained ``report.html``."""
-    out_dir = Path(out_dir)
-    assets = out_dir / "report_files"
+    """Write ``report.md`` (+ ``report_files/``) and a self-contained ``report.html``
+    into ``out_dir`` (a run directory: the names are its layout's)."""
+    layout = RunLayout(Path(out_dir))
+    assets = layout.report_files
     assets.mkdir(parents=True, exist_ok=True)
     for section in sections:
         for figure in section.figures:
             if figure.path.parent.resolve() != assets.resolve():
                 shutil.copyfile(figure.path, assets / figure.path.name)
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path, html_path = layout.report_md, layout.report_html
     atomic_write_text(md_path, render_markdown(title, sections))
     atomic_write_text(html_path, render_html(title, sections))
     return md_path, html_path
