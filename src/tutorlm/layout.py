@@ -77,6 +77,10 @@ class RunLayout:
         """Sample answers of M0 and M2 shown in the report."""
         return self.run_dir / "samples.json"
 
+    def relocate(self, path: Path, other: RunLayout) -> Path:
+        """Where ``path``, a file of the ``other`` run, lives in this run."""
+        return self.run_dir / Path(path).relative_to(other.run_dir)
+
     # -- data ------------------------------------------------------------------------
 
     @property

@@ -248,7 +248,7 @@ def save_resolved(recipe: Recipe) -> Path:
     """Write the resolved recipe into its run directory as ``recipe.yaml``."""
     from tutorlm.data.formats import atomic_write_text
 
-    target = recipe.run_dir / "recipe.yaml"
+    target = recipe.layout.recipe_file
     header = f"# resolved recipe, sha256 {recipe.hash()}\n"
     atomic_write_text(target, header + yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return target

@@ -245,7 +245,7 @@ def share_stages(
         if not all(_inside_stage_folder(p, donor.run_dir) for p in outputs):
             break
         mine = state.stages.get(stage.name, {})
-        moved = [recipe.run_dir / p.relative_to(donor.run_dir) for p in outputs]
+        moved = [recipe.layout.relocate(p, donor.layout) for p in outputs]
         if (
             mine.get("status") == "done"
             and mine.get("key") == key
@@ -253,7 +253,7 @@ def share_stages(
         ):
             continue
         for folder in sorted({p.parent for p in outputs}):
-            target = recipe.run_dir / folder.relative_to(donor.run_dir)
+            target = recipe.layout.relocate(folder, donor.layout)
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(folder, target)
