@@ -148,6 +148,68 @@ def test_no_eval_item_is_in_training(built):
     assert not sft_turns & (held_out | test_prompts)
 
 
+def _write(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _item(rid: str, question: str, choices=("1", "2")) -> dict:
+    return {"id": rid, "source": "hand", "question": question, "choices": choices, "answer": 0}
+
+
+def test_a_test_question_never_reaches_training_and_the_manifest_counts_it(tmp_path):
+    asked = "Find the prime factorization of 120."
+    held = _write(tmp_path / "held.jsonl", [_item("h1", asked), _item("h2", "What is 7 + 5?")])
+    drawn = _write(
+        tmp_path / "drawn.jsonl",
+        [
+            _item(
+                "d1", "  FIND the prime   factorization of 120.", ["2 × 60", "2 × 2 × 2 × 3 × 5"]
+            ),
+            _item("d2", "Find the prime factorization of 121."),
+            _item("d3", "What is 7 + 6?"),
+        ],
+    )
+    chat = [
+        {"role": "user", "content": f"{asked}\nA. 2 × 2 × 2 × 3 × 5\nB. 2 × 60\nAnswer:"},
+        {"role": "assistant", "content": "A"},
+    ]
+    talks = _write(
+        tmp_path / "talks.jsonl",
+        [
+            {"id": "t1", "source": "hand", "messages": chat},
+            {"id": "t2", "source": "hand", "messages": [{**chat[0], "content": "Hi."}, chat[1]]},
+        ],
+    )
+    local = {"type": "jsonl", "format": "mcqa"}
+    recipe = small_recipe(tmp_path)
+    recipe["data"] = {
+        "decontaminate": False,  # the rule holds without the n-gram rule
+        "mcqa": {
+            "split": {"train": 0.5, "test": 0.5},
+            "sources": [
+                {**local, "name": "held", "path": held, "to_split": "test"},
+                {**local, "name": "drawn", "path": drawn, "to_split": "train"},
+            ],
+        },
+        "sft": {
+            "split": {"train": 1.0},
+            "sources": [{"type": "jsonl", "format": "sft", "name": "talks", "path": talks}],
+        },
+    }
+    manifest = build_data(recipe_from_dict(recipe), progress=False, log=None)
+    out = tmp_path / "small" / "data"
+    assert sorted(_questions(out, "mcqa.train.jsonl")) == [
+        "Find the prime factorization of 121.",
+        "What is 7 + 6?",
+    ]
+    assert [r.id for r in read_records(out / "sft.train.jsonl", "sft").records] == ["t2"]
+    assert manifest["sources"]["drawn"]["dropped"] == {"test_question": 1}
+    assert manifest["sources"]["talks"]["dropped"] == {"test_question": 1}
+    assert manifest["sources"]["held"]["dropped"] == {}
+    assert manifest["test_questions"] == {"mcqa.train.jsonl": 1, "sft.train.jsonl": 1}
+
+
 def test_a_second_run_does_no_work_and_says_so(built):
     recipe, manifest, out = built
     times = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -249,12 +311,17 @@ def test_max_tokens_and_system_prompt_through_the_model_template(tmp_path, tiny_
     assert dropped > 100 and manifest["sources"]["champ_sft"]["read"] == 270
 
 
+@pytest.fixture(scope="module")
+def demo_built(tmp_path_factory):
+    """The demo recipe's data, built from its own sources (about 10 s)."""
+    root = tmp_path_factory.mktemp("demo-runs")
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "demo.yaml", [f"run_root={root}"])
+    return build_data(recipe, progress=False, log=None), root / "demo" / "data"
+
+
 @pytest.mark.slow
-def test_the_demo_recipe_builds_offline(tmp_path):
-    recipe = load_recipe(
-        Path(__file__).parents[1] / "recipes" / "demo.yaml", [f"run_root={tmp_path}"]
-    )
-    manifest = build_data(recipe, progress=False, log=None)
+def test_the_demo_recipe_builds_offline(demo_built):
+    manifest, out = demo_built
     rows = {name: info["rows"] for name, info in manifest["outputs"].items()}
     assert rows["mmlu_stem.jsonl"] == 200
     assert rows["mcqa.test.jsonl"] >= 250 and rows["prefs.test.jsonl"] >= 50
@@ -262,8 +329,45 @@ def test_the_demo_recipe_builds_offline(tmp_path):
     assert manifest["sources"]["rg_lettered"]["kept"] >= 300
     assert manifest["eval_sets"] == ["prefs.test.jsonl", "mcqa.test.jsonl", "mmlu_stem.jsonl"]
     notes = [
-        r
-        for r in read_records(tmp_path / "demo" / "data" / "mcqa.test.jsonl", "mcqa").records
-        if r.source == "notes_mcqa"
+        r for r in read_records(out / "mcqa.test.jsonl", "mcqa").records if r.source == "notes_mcqa"
     ]
     assert len(notes) >= 30 and all(r.meta["section"] for r in notes)
+
+
+def _normal_questions(path: Path, kind: str) -> list[str]:
+    """Questions as the leak rule reads them: an MCQA question, the user turns of a
+    conversation or of a pair's prompt; whitespace collapsed, lower case."""
+    texts = []
+    for record in read_records(path, kind).records:
+        if kind == "mcqa":
+            texts.append(record.question)
+        else:
+            turns = record.messages if kind == "sft" else record.prompt
+            texts += [m.content for m in turns if m.role == "user"]
+    return [" ".join(text.split()).lower() for text in texts]
+
+
+@pytest.mark.slow
+def test_no_demo_test_question_is_in_any_demo_training_file(demo_built):
+    # the generators draw the same number more than once: "Find the prime factorization
+    # of 120 ..." was in mcqa.test and in mcqa.train, sft.train and prefs.train
+    manifest, out = demo_built
+    kinds = {name: KIND.get(name.split(".")[0], "mcqa") for name in manifest["outputs"]}
+    tested = {
+        q
+        for name, info in manifest["outputs"].items()
+        if info["eval"]
+        for q in _normal_questions(out / name, kinds[name])
+    }
+    trained = [
+        (name, q)
+        for name, info in manifest["outputs"].items()
+        if not info["eval"]
+        for q in _normal_questions(out / name, kinds[name])
+    ]
+    assert len(tested) > 500 and len(trained) > 1000
+    leaks = [(name, t) for name, t in trained for q in tested if f" {q} " in f" {t} "]
+    assert leaks == []
+    assert sum(manifest["test_questions"].values()) > 0
+    dropped = sum(s["dropped"].get("test_question", 0) for s in manifest["sources"].values())
+    assert dropped == sum(manifest["test_questions"].values())

@@ -1,12 +1,15 @@
-"""Exact dedup, 13-gram decontamination, and the template/length rules."""
+"""Exact dedup, verbatim test questions, 13-gram decontamination, and the template/length
+rules."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tutorlm.data.examples import Skip
 from tutorlm.data.formats import MCQARecord, Message, PreferenceRecord, SFTRecord
-from tutorlm.data.rules.dedup import EvalIndex, dedup_key
+from tutorlm.data.rules.dedup import EvalIndex, HeldOutQuestions, dedup_key
 from tutorlm.data.rules.length import LengthRule, with_system
 
 LONG_Q = (
@@ -73,6 +76,68 @@ def test_eval_pairs_index_prompt_and_chosen_but_not_rejected():
     index = EvalIndex(n=13)
     index.add_record(pair, "prefs.test.jsonl", "g")
     assert index.match(sft("Tell me a fact.", filler)) is None
+
+
+FACTORIZE = (
+    "Find the prime factorization of 120. Write the factors separated by × "
+    "(Example: for 12 the answer would be: 2 × 2 × 3)"
+)
+
+
+def pair(question: str, system: str = "Be a tutor.") -> PreferenceRecord:
+    return PreferenceRecord(
+        id="p",
+        source="t",
+        prompt=[Message(role="system", content=system), Message(role="user", content=question)],
+        chosen=[Message(role="assistant", content="Right.")],
+        rejected=[Message(role="assistant", content="Wrong.")],
+    )
+
+
+def test_a_test_question_asked_again_is_a_leak_whatever_the_template_rule_says():
+    # the demo's generator drew 120 four times: its own 13-grams look like a template
+    index, questions = EvalIndex(n=13, template_groups=3), HeldOutQuestions()
+    index.add_record(mcqa(FACTORIZE), "mcqa.test.jsonl", "test-1")
+    questions.add_record(mcqa(FACTORIZE), "mcqa.test.jsonl")
+    lettered = sft(FACTORIZE + "\nA. 2 × 2 × 2 × 3 × 5\nB. 2 × 3 × 4 × 5\nAnswer:", "A")
+    again = [mcqa(FACTORIZE.upper().replace(" ", "  ")), lettered, pair(FACTORIZE)]
+    for group, record in enumerate(again):
+        index.note_training(record, f"train-{group}")
+    assert [index.match(record) for record in again] == [None, None, None]
+    assert [questions.match(record) for record in again] == ["mcqa.test.jsonl"] * 3
+
+
+def test_held_out_questions_match_whole_words_and_only_questions():
+    questions = HeldOutQuestions()
+    questions.add_record(mcqa("Find the LCM of 76 and 70."), "mcqa.test.jsonl")
+    questions.add_record(pair("What is 2 + 2?", system="Find the LCM of 3 and 4."), "prefs.test")
+    questions.add_record(sft("Why?", "Find the GCD of 8 and 12."), "sft.test.jsonl")
+    assert questions.match(sft("Please find the LCM of 76 and 70. Show steps.")) == (
+        "mcqa.test.jsonl"
+    )
+    assert questions.match(mcqa("Find the LCM of 76 and 700.")) is None
+    assert questions.match(mcqa("Find the LCM of 76 and 70")) is None  # not verbatim
+    assert questions.match(pair("  what IS 2 + 2?  ")) == "prefs.test"
+    assert questions.match(sft("Why?")) == "sft.test.jsonl"  # short: equal only
+    assert questions.match(sft("Why? Because.")) is None
+    assert questions.match(sft("Hello.", "What is 2 + 2?")) is None  # replies are not asked
+    assert questions.match(sft("Find the LCM of 3 and 4.")) is None  # system turns neither
+    assert questions.match(sft("Find the GCD of 8 and 12.")) is None
+
+
+def test_held_out_questions_from_an_extra_eval_file(tmp_path):
+    path = tmp_path / "extra.jsonl"
+    rows = [
+        {"question": "Which planet is largest?", "choices": ["a", "b"], "answer": 0},
+        {"prompt": [{"role": "user", "content": "Name the largest ocean on Earth."}]},
+        {"messages": [{"role": "assistant", "content": "Name every continent on Earth."}]},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    questions = HeldOutQuestions()
+    questions.add_file(path)
+    assert questions.match(mcqa("which planet is largest?")) == "extra.jsonl"
+    assert questions.match(sft("Quiz: name the largest ocean on Earth.")) == "extra.jsonl"
+    assert questions.match(sft("Name every continent on Earth.")) is None
 
 
 def test_dedup_key_ignores_whitespace_case_and_option_order():

@@ -9,7 +9,9 @@ Order of work, for each output (a section, or an extra eval set):
 4. each source is sampled (``cap``/``count``), the mix is split by ratio, whole
    groups at a time (:mod:`tutorlm.data.rules.mixing`);
 5. train and val rows of every output are decontaminated against every eval set
-   (each test split, each extra eval set, ``extra_eval_files``);
+   (each test split, each extra eval set, ``extra_eval_files``): a row that asks a
+   test question verbatim always goes (``test_question``), then a row sharing a
+   13-gram with an eval row (``decontaminated``);
 6. each split is shuffled and written; ``manifest.json`` last.
 
 Every drop is counted against its source and rule; a rule that leaves no rows is
@@ -32,7 +34,7 @@ from tutorlm import __version__
 from tutorlm.data.examples import DataError, Row, Skip, SourceStats, require_rows
 from tutorlm.data.formats import atomic_write_text, write_records
 from tutorlm.data.rules import mixing
-from tutorlm.data.rules.dedup import EvalIndex, dedup_key
+from tutorlm.data.rules.dedup import EvalIndex, HeldOutQuestions, dedup_key
 from tutorlm.data.rules.length import LengthRule, with_system
 from tutorlm.data.rules.records import RecordBuilder, check_rules
 from tutorlm.data.sources import open_reader
@@ -267,9 +269,18 @@ class _Builder:
         return split
 
 
+def _leaves_rows(rows: list, clean: list, rule: str, file: str) -> list:
+    if rows and not clean:
+        raise DataError(f"rule '{rule}' left 0 of {len(rows)} rows in {file}")
+    return clean
+
+
 def _decontaminate(built, outputs, data, stats) -> dict:
-    """Drop train/val rows that overlap an eval set; returns eval files and counts."""
+    """Drop train/val rows that ask a test question verbatim (always), then those that
+    share an n-gram with an eval set (``data.decontaminate``); returns the eval files
+    and the rows each rule removed, by file."""
     index = EvalIndex(n=data.ngram, template_groups=data.template_groups)
+    questions = HeldOutQuestions()
     eval_files, training = [], []
     for output in outputs:
         for split, rows in built[output.stem].items():
@@ -277,35 +288,42 @@ def _decontaminate(built, outputs, data, stats) -> dict:
                 eval_files.append(output.file(split))
                 for row in rows:
                     index.add_record(row.record, output.file(split), row.group)
+                    questions.add_record(row.record, output.file(split))
             else:
-                training += rows
+                training.append((output.file(split), output.stem, split))
     for path in data.extra_eval_files:
         if not Path(path).is_file():
             raise DataError(f"extra_eval_files: {path}: no such file")
         index.add_file(path)
+        questions.add_file(path)
         eval_files.append(Path(path).name)
     removed: dict[str, int] = {}
+    leaked: dict[str, int] = {}
+    for file, stem, split in training:
+        rows, clean = built[stem][split], []
+        for row in rows:
+            if questions.match(row.record):
+                stats[row.source].drop("test_question")
+                leaked[file] = leaked.get(file, 0) + 1
+            else:
+                clean.append(row)
+        built[stem][split] = _leaves_rows(rows, clean, "test_question", file)
+    result = {"eval_sets": eval_files, "removed": removed, "test_questions": leaked}
     if not data.decontaminate:
-        return {"eval_sets": eval_files, "removed": removed}
-    for row in training:
-        index.note_training(row.record, row.group)
-    for output in outputs:
-        for split, rows in built[output.stem].items():
-            if output.is_eval(split):
-                continue
-            clean = []
-            for row in rows:
-                if index.match(row.record):
-                    stats[row.source].drop("decontaminated")
-                    removed[output.file(split)] = removed.get(output.file(split), 0) + 1
-                else:
-                    clean.append(row)
-            if rows and not clean:
-                raise DataError(
-                    f"rule 'decontaminate' left 0 of {len(rows)} rows in {output.file(split)}"
-                )
-            built[output.stem][split] = clean
-    return {"eval_sets": eval_files, "removed": removed}
+        return result
+    for _, stem, split in training:
+        for row in built[stem][split]:
+            index.note_training(row.record, row.group)
+    for file, stem, split in training:
+        rows, clean = built[stem][split], []
+        for row in rows:
+            if index.match(row.record):
+                stats[row.source].drop("decontaminated")
+                removed[file] = removed.get(file, 0) + 1
+            else:
+                clean.append(row)
+        built[stem][split] = _leaves_rows(rows, clean, "decontaminate", file)
+    return result
 
 
 def build_data(recipe, *, force: bool = False, progress: bool = True, log=print) -> dict:
@@ -383,6 +401,7 @@ def build_data(recipe, *, force: bool = False, progress: bool = True, log=print)
         "outputs": written,
         "eval_sets": decontamination["eval_sets"],
         "decontaminated": decontamination["removed"],
+        "test_questions": decontamination["test_questions"],
         "sources": {name: stats.to_dict() for name, stats in builder.stats.items()},
         "inputs": {r.name: r.fingerprint() for o in outputs for r in o.readers},
         "missing": missing,

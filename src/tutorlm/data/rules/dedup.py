@@ -20,6 +20,13 @@ are short and shared by design), the user turns and replies of SFT records, and
 the prompt, chosen and rejected replies of preference pairs; of an eval pair only
 the prompt and the chosen reply are indexed, since a rejected reply is often a
 corrupted copy carrying filler text (the inserted irrelevant sentences).
+
+Before any n-gram is compared, a stricter rule holds: a test question found
+verbatim (whitespace and case aside) in a training row's question is a leak, and
+the row goes, whatever the template rule says (:class:`HeldOutQuestions`). The
+template rule alone cannot see it: a generator that draws the same number four
+times makes an item's own wording ("... factorization of 120 ...") look shared by
+four items, that is, like a template.
 """
 
 from __future__ import annotations
@@ -45,6 +52,18 @@ def record_texts(record, *, eval_side: bool = False) -> list[str]:
     raise TypeError(f"not a record: {type(record).__name__}")
 
 
+def question_texts(record) -> list[str]:
+    """The questions a record asks: an MCQA record's question, the user turns of an
+    SFT record, the user turns of a pair's prompt."""
+    if isinstance(record, MCQARecord):
+        return [record.question]
+    if isinstance(record, SFTRecord):
+        return [m.content for m in record.messages if m.role == "user"]
+    if isinstance(record, PreferenceRecord):
+        return [m.content for m in record.prompt if m.role == "user"]
+    raise TypeError(f"not a record: {type(record).__name__}")
+
+
 def raw_texts(row: dict) -> list[str]:
     """Texts of a raw JSON row of any of our record kinds (extra eval files)."""
     if "question" in row:
@@ -57,6 +76,19 @@ def raw_texts(row: dict) -> list[str]:
         elif isinstance(value, list):
             texts += [str(m.get("content", "")) for m in value if m.get("role") != "system"]
     return texts
+
+
+def raw_questions(row: dict) -> list[str]:
+    """The questions of a raw JSON row of any of our record kinds (extra eval files)."""
+    if "question" in row:
+        return [str(row["question"])]
+    for key in ("messages", "prompt"):
+        value = row.get(key)
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list):
+            return [str(m.get("content", "")) for m in value if m.get("role") == "user"]
+    return []
 
 
 def dedup_key(record) -> str:
@@ -141,4 +173,58 @@ class EvalIndex:
                     hit = texts.get(tuple(tokens[i : i + length]))
                     if hit:
                         return hit
+        return None
+
+
+class HeldOutQuestions:
+    """The questions of every eval set, to find verbatim in training rows.
+
+    Texts are compared as :func:`normalize` writes them (whitespace collapsed, lower
+    case). A training question that *contains* a test question, on whitespace
+    boundaries, leaks it too: the MCQA item "Find the LCM of 76 and 70." asked again
+    with lettered options is the same item. Test questions under ``min_words``
+    words only match a training question equal to them, since a short question
+    ("Why?") inside a longer text is there by chance.
+
+    Usage: ``add_record`` every eval row (``add_file`` for extra eval files), then
+    ``match`` each training row.
+    """
+
+    def __init__(self, min_words: int = 4):
+        self.min_words = min_words
+        self.whole: dict[str, str] = {}
+        self.by_head: dict[tuple[str, ...], list[tuple[tuple[str, ...], str]]] = {}
+
+    def add(self, text: str, origin: str) -> None:
+        """Index one test question (``origin``: the eval file it comes from)."""
+        tokens = tuple(normalize(text).split())
+        if not tokens:
+            return
+        self.whole.setdefault(" ".join(tokens), origin)
+        if len(tokens) >= self.min_words:
+            self.by_head.setdefault(tokens[: self.min_words], []).append((tokens, origin))
+
+    def add_record(self, record, origin: str) -> None:
+        for text in question_texts(record):
+            self.add(text, origin)
+
+    def add_file(self, path: Path | str) -> None:
+        """Index the questions of every row of a JSONL file of records."""
+        with Path(path).open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    for text in raw_questions(json.loads(line)):
+                        self.add(text, Path(path).name)
+
+    def match(self, record) -> str | None:
+        """The eval file whose question a record asks verbatim, or None."""
+        for text in question_texts(record):
+            normal = normalize(text)
+            if normal in self.whole:
+                return self.whole[normal]
+            tokens = tuple(normal.split())
+            for i in range(len(tokens) - self.min_words + 1):
+                for question, origin in self.by_head.get(tokens[i : i + self.min_words], ()):
+                    if tokens[i : i + len(question)] == question:
+                        return origin
         return None
