@@ -92,7 +92,9 @@ def measure_row(job: dict, *, isolated: bool = True) -> dict:
     from tutorlm.quantize.measure import measure_generation, peak_rss_bytes, weight_bytes
 
     if job.get("threads"):
-        torch.set_num_threads(job["threads"])
+        from tutorlm.hardware import apply_threads
+
+        apply_threads(job["threads"])
     Path(job["out_dir"]).mkdir(parents=True, exist_ok=True)
     load_average = os.getloadavg()[0]
     model, tokenizer, load_seconds = _load(job)

@@ -101,9 +101,9 @@ def get_method(name: str) -> Method:
 
 def cuda_available() -> bool:
     """Whether a CUDA device is usable (torch imported only when asked)."""
-    import torch
+    from tutorlm.hardware import auto_device
 
-    return torch.cuda.is_available()
+    return auto_device() == "cuda"
 
 
 def check_available(name: str) -> Method:

@@ -61,10 +61,11 @@ class SentenceEmbedder:
         from tutorlm.models import apply_offline_env
 
         apply_offline_env()
-        import torch
         from sentence_transformers import SentenceTransformer
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from tutorlm.hardware import auto_device
+
+        device = auto_device()
         try:
             self.model = SentenceTransformer(resolve_embedder_path(spec), device=device)
         except (OSError, ValueError) as error:
