@@ -1,4 +1,4 @@
-"""``tutorlm eval``: files given directly, a recipe's tasks, missing data, and --compare."""
+"""``tutorlm eval``: a recipe's tasks and missing data, ``eval files``, ``eval compare``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def test_mcqa_file_writes_results_and_predictions(tiny_model_dir, mcqa_file, tmp
     status = main(
         [
             "eval",
+            "files",
             "--model",
             str(tiny_model_dir),
             "--mcqa",
@@ -73,7 +74,10 @@ def test_bad_mcqa_row_is_named_by_file_line_and_field(tiny_model_dir, tmp_path, 
     rows[1]["answer"] = 9
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     status = main(
-        ["eval", "--model", str(tiny_model_dir), "--mcqa", str(path), "--out", str(tmp_path / "o")]
+        [
+            *("eval", "files", "--model", str(tiny_model_dir)),
+            *("--mcqa", str(path), "--out", str(tmp_path / "o")),
+        ]
     )
     assert status == 1
     assert "bad.jsonl:2: field 'answer'" in capsys.readouterr().err
@@ -133,9 +137,7 @@ def test_compare_puts_models_in_rows_and_metrics_in_columns(tmp_path, capsys):
     for name, value in [("m0", 0.25), ("m1", 0.5)]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(results(name, value)))
-    status = main(
-        ["eval", "--compare", str(tmp_path / "m0"), str(tmp_path / "m1" / "results.json")]
-    )
+    status = main(["eval", "compare", str(tmp_path / "m0"), str(tmp_path / "m1" / "results.json")])
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| model | mmlu_stem acc | perplexity_notes ppl |"
@@ -143,9 +145,16 @@ def test_compare_puts_models_in_rows_and_metrics_in_columns(tmp_path, capsys):
     assert lines[3] == "| m1 | 0.500 [0.400, 0.600] | 12.500 |"
 
 
-def test_eval_without_anything_to_do_says_what_is_missing(capsys):
-    assert main(["eval", "--model", "bundled:smollm2-135m-instruct"]) == 1
+def test_eval_without_anything_to_do_says_what_is_missing(tmp_path, capsys):
+    args = ["eval", "files", "--model", "bundled:smollm2-135m-instruct", "--out", str(tmp_path)]
+    assert main(args) == 1
     assert "nothing to evaluate" in capsys.readouterr().err
+    assert main([*args, "--prefs", str(tmp_path / "p.jsonl")]) == 1
+    assert "--prefs needs --ref" in capsys.readouterr().err
+    assert main([*args, "--mcqa", str(tmp_path / "m.jsonl"), "--shots", "-1"]) == 1
+    assert "bad eval settings: shots: Input should be greater than or equal to 0" in (
+        capsys.readouterr().err
+    )
 
 
 def test_model_labels_keep_m1_and_m2_apart(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from test_rag_search import KeywordEmbedder  # tests/ is on sys.path
 
 from tutorlm.data.formats import MCQARecord
-from tutorlm.rag.ablation import (
+from tutorlm.evaluate.ablation import (
     index_sources,
     notes_mcqa_records,
     run_rag_ablation,
@@ -129,8 +129,8 @@ def test_bundled_notes_questions_load_as_mcqa_records_with_their_section():
 
 
 def test_table_shows_length_normalised_accuracy_when_scored_by_choice():
+    from tutorlm.evaluate.ablation import AblationRow, AblationTable
     from tutorlm.evaluate.stats import Interval
-    from tutorlm.rag.ablation import AblationRow, AblationTable
 
     table = AblationTable("m", 4, "hybrid", "choice")
     table.rows = [
@@ -166,3 +166,45 @@ def test_table_shows_length_normalised_accuracy_when_scored_by_choice():
         "| k=1, 64-token chunks | 0.750 [0.250, 1.000] | +0.500 [+0.000, +1.000] "
         "| 0.750 [0.500, 1.000] | +0.250 [-0.250, +0.500] | 1.00 | 80 |\n"
     )
+
+
+def test_a_recipe_decides_the_ablation_for_run_and_eval_rag_alike(tmp_path, monkeypatch):
+    from tutorlm.data.formats import write_records
+    from tutorlm.evaluate import ablation
+    from tutorlm.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "name": "r",
+            "run_root": str(tmp_path),
+            "seed": 7,
+            "eval": {"chat": True, "max_questions": 2, "bootstrap_resamples": 10},
+            "rag": {"ablation_ks": [2], "ablation_chunk_tokens": [32], "mode": "bm25"},
+        }
+    )
+    rows = [r.model_dump() for r in records()]
+    for row, source in zip(rows, ["notes", "mmlu", "notes-physics"], strict=True):
+        row["source"] = source
+    write_records(tmp_path / "r" / "data" / "mcqa.test.jsonl", rows + rows[:1])
+    questions = ablation.recipe_notes_questions(recipe)
+    assert [q.id for q in questions] == ["q0", "q2"]  # notes only, eval.max_questions of them
+
+    calls = []
+    monkeypatch.setattr(ablation, "run_rag_ablation", lambda *a, **kw: calls.append((a, kw)))
+    ablation.run_recipe_ablation(recipe, "m", questions, tmp_path / "out", scorer="S", log=print)
+    (args, kwargs) = calls[0]
+    assert args == ("m", questions, ["bundled:notes"])
+    assert kwargs == {
+        "ks": [2],
+        "chunk_sizes": [32],
+        "out_dir": tmp_path / "out",
+        "mode": "bm25",
+        "budget_tokens": 768,
+        "embedding_model": "bundled:all-minilm-l6-v2",
+        "method": "choice",
+        "chat": True,
+        "seed": 7,
+        "resamples": 10,
+        "scorer": "S",
+        "log": print,
+    }

@@ -69,12 +69,12 @@ def test_ask_answers_with_the_passages_it_was_given(notes_index, tiny_model_dir,
 @pytest.mark.slow
 def test_eval_rag_ablates_the_sources_of_an_index(notes_index, tiny_model_dir, tmp_path, capsys):
     from tutorlm.data.formats import write_records
-    from tutorlm.rag.ablation import notes_mcqa_records
+    from tutorlm.evaluate.ablation import notes_mcqa_records
 
     questions = tmp_path / "notes-mcqa.jsonl"
     write_records(questions, [r.model_dump() for r in notes_mcqa_records()[:4]])
     out = tmp_path / "ablation"
-    args = ["eval", "--model", str(tiny_model_dir), "--rag", str(notes_index)]
+    args = ["eval", "rag", "--model", str(tiny_model_dir), "--index", str(notes_index)]
     capsys.readouterr()
     assert main([*args, "--mcqa", str(questions), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -96,10 +96,10 @@ def test_eval_rag_needs_questions_and_scores_mcqa_only(tmp_path, capsys):
     index.mkdir()
     manifest = {"format": FORMAT, "files": {}, "embedder": {"name": "bundled:all-minilm-l6-v2"}}
     (index / MANIFEST).write_text(json.dumps(manifest))
-    args = ["eval", "--model", "m", "--rag", str(index)]
+    args = ["eval", "rag", "--model", "m", "--rag", str(index)]
     assert main(args) == 1
-    assert "--rag needs MCQA questions" in capsys.readouterr().err
-    assert main([*args, "--prefs", str(tmp_path / "p.jsonl")]) == 1
-    assert "--rag scores MCQA only" in capsys.readouterr().err
-    assert main(["eval", "--model", "m", "--rag", str(tmp_path), "--mcqa", "x.jsonl"]) == 1
+    assert "eval rag needs MCQA questions" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the ablation scores MCQA only
+        main([*args, "--prefs", str(tmp_path / "p.jsonl")])
+    assert main(["eval", "rag", "--model", "m", "--index", str(tmp_path), "--mcqa", "x"]) == 1
     assert "not a RAG index" in capsys.readouterr().err

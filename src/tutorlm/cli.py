@@ -9,7 +9,7 @@ from tutorlm import __version__
 from tutorlm.commands import Command
 from tutorlm.data import commands as data_commands
 from tutorlm.errors import TutorlmError
-from tutorlm.evaluate.commands import EVAL
+from tutorlm.evaluate import commands as eval_commands
 from tutorlm.model_commands import ASK, PREPARE
 from tutorlm.pipeline import commands as pipeline_commands
 from tutorlm.pipeline.sweep_commands import SWEEP
@@ -32,7 +32,10 @@ COMMANDS: dict[str, Command] = {
     "serve": serve_commands.SERVE,
     "train sft": train_commands.SFT,
     "train dpo": train_commands.DPO,
-    "eval": EVAL,
+    "eval": eval_commands.EVAL,
+    "eval files": eval_commands.EVAL_FILES,
+    "eval compare": eval_commands.EVAL_COMPARE,
+    "eval rag": eval_commands.EVAL_RAG,
     "quantize": quantize_commands.QUANTIZE,
     "quantize compare": quantize_commands.COMPARE,
 }

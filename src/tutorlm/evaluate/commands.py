@@ -1,10 +1,13 @@
-"""``tutorlm eval``: a recipe's tasks, any files given directly, or a comparison of results.
+"""``tutorlm eval``: one command per purpose, settings flags generated from ``EvalConfig``.
 
-tutorlm eval recipes/demo.yaml --model bundled:smollm2-135m-instruct [--tasks mmlu_stem,...]
-tutorlm eval --model SPEC --mcqa FILE.jsonl --out DIR     (+ DIR/predictions.jsonl)
-tutorlm eval --compare runs/demo/eval/m0 runs/demo/eval/m1 ...
-tutorlm eval recipes/demo.yaml --model runs/demo/dpo/merged --rag runs/demo/rag/index
-                                 (MCQA with and without retrieval, every k and chunk size)
+tutorlm eval RECIPE [key=value ...] [--model SPEC] [--tasks mmlu_stem,...]
+    a recipe's tasks, on its run's data (default model: the run's M2, else M1, else M0)
+tutorlm eval files --model SPEC --out DIR --mcqa FILE.jsonl [--prefs FILE --ref SPEC] ...
+    files given directly, no recipe (MCQA predictions in DIR/predictions.jsonl)
+tutorlm eval compare runs/demo/eval/m0 runs/demo/eval/m1 ... [--out FILE.md]
+    results side by side: models in rows, metrics in columns
+tutorlm eval rag [RECIPE] --index runs/demo/rag/index [--model SPEC] [--mcqa FILE]
+    MCQA with and without notes from the index's sources, for each k and chunk size
 """
 
 from __future__ import annotations
@@ -13,28 +16,87 @@ import argparse
 import sys
 from pathlib import Path
 
+from tutorlm.cli_flags import add_config_flags, add_online_flag, apply_online, overrides
 from tutorlm.commands import Command
-from tutorlm.evaluate.config import TASKS
+from tutorlm.errors import TutorlmError
+from tutorlm.evaluate.config import EvalConfig
+from tutorlm.rag.config import RagConfig
+
+#: Short spellings kept from before the flags were generated.
+_ALIASES = {"mcqa_method": "--method", "max_questions": "--limit", "reward_beta": "--beta"}
+
+#: ``EvalConfig`` fields that name input files: ``eval files`` takes those as its own flags.
+_FILE_FIELDS = ("tasks", "perplexity_files", "reward_reference", "generation_file", "choice_file")
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    default = "" if required else " (default: the recipe's M2, else M1, else its base model)"
+    parser.add_argument(
+        "--model", required=required, help=f"model spec: bundled name, directory or hub id{default}"
+    )
+    add_online_flag(parser)
+
+
+def _add_recipe(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    parser.add_argument("recipe", nargs="?" if optional else None, help="recipe YAML file")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted recipe overrides, e.g. seed=1"
+    )
+
+
+def _settings_group(parser: argparse.ArgumentParser, **kwargs) -> None:
+    group = parser.add_argument_group("settings (the eval section of a recipe)")
+    add_config_flags(group, EvalConfig, "eval", aliases=_ALIASES, **kwargs)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _report(results: dict) -> int:
+    where = Path(results["out_dir"])
+    print(f"results: {where / 'results.json'}  table: {where / 'results.md'}")
+    for reason in results["skipped"].values():
+        print(f"not run: {reason}", file=sys.stderr)
+    return 1 if results["skipped"] else 0
+
+
+# -- tutorlm eval RECIPE ---------------------------------------------------------------
+
+
+def _configure_recipe(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
-    parser.add_argument(
-        "recipe", nargs="?", help="recipe YAML (omit with --mcqa/--prefs/... or --compare)"
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted recipe overrides, e.g. eval.shots=5",
-    )
-    parser.add_argument("--model", help="model spec: bundled name, directory or hub id")
-    parser.add_argument("--tasks", help=f"comma-separated recipe tasks: {', '.join(TASKS)}")
-    parser.add_argument(
-        "--out", type=Path, help="output folder (default <run_dir>/eval/<model-name>)"
-    )
-    files = parser.add_argument_group("files given directly (no recipe)")
+    _add_recipe(parser)
+    _add_model_flags(parser, required=False)
+    parser.add_argument("--out", type=Path, help="output folder (default <run>/eval/<model>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _settings_group(parser)
+
+
+def _run_recipe(args: argparse.Namespace) -> int:
+    from tutorlm.evaluate.runner import run_eval
+    from tutorlm.recipe import load_recipe
+
+    apply_online(args)
+    recipe = load_recipe(args.recipe, [*args.overrides, *overrides(args, "eval")])
+    model = args.model or recipe.layout.final_model()
+    results = run_eval(recipe, model, out_dir=args.out, progress=_progress(args), echo=_echo)
+    return _report(results)
+
+
+# -- tutorlm eval files ------------------------------------------------------------------
+
+
+def _configure_files(parser: argparse.ArgumentParser) -> None:
+    _add_model_flags(parser, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    files = parser.add_argument_group("files (one or more)")
     files.add_argument(
         "--mcqa", type=Path, help="MCQA JSONL to score; predictions go to OUT/predictions.jsonl"
     )
@@ -49,156 +111,125 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     files.add_argument(
         "--generation", type=Path, help="SFT JSONL whose last assistant turns are references"
     )
-    settings = parser.add_argument_group("settings (override the recipe's eval section)")
-    settings.add_argument("--method", choices=["letter", "choice"], help="MCQA scoring method")
-    settings.add_argument("--shots", type=int, help="few-shot examples per MCQA question")
-    settings.add_argument(
-        "--chat", action="store_true", default=None, help="MCQA through the chat template"
+    _settings_group(parser, exclude=_FILE_FIELDS)
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    from tutorlm.cli_flags import given, validated
+    from tutorlm.evaluate.runner import evaluate_files
+
+    if not any([args.mcqa, args.prefs, args.perplexity, args.choice, args.generation]):
+        raise TutorlmError(
+            "nothing to evaluate: give --mcqa, --prefs, --perplexity, --choice or --generation"
+        )
+    if args.prefs and not args.ref:
+        raise TutorlmError("--prefs needs --ref (the reference model of the implicit reward)")
+    apply_online(args)
+    results = evaluate_files(
+        args.model,
+        args.out,
+        mcqa=args.mcqa,
+        prefs=args.prefs,
+        reference=args.ref,
+        perplexity=args.perplexity or (),
+        choice=args.choice,
+        generation=args.generation,
+        settings=validated(EvalConfig, given(args, "eval"), "eval settings"),
+        progress=_progress(args),
+        echo=_echo,
     )
-    settings.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    settings.add_argument("--batch-size", type=int)
-    settings.add_argument("--limit", type=int, help="score only the first N items of each set")
-    settings.add_argument("--beta", type=float, help="DPO beta of the reward")
+    return _report(results)
+
+
+# -- tutorlm eval compare ----------------------------------------------------------------
+
+
+def _configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", type=Path, nargs="+", help="results.json files or folders")
+    parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tutorlm.evaluate.tables import compare_markdown, load_results
+
+    table = compare_markdown([load_results(path) for path in args.paths])
+    print(table, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table)
+    return 0
+
+
+# -- tutorlm eval rag --------------------------------------------------------------------
+
+
+def _configure_rag(parser: argparse.ArgumentParser) -> None:
+    from tutorlm.evaluate.ablation import ABLATION_METHOD
+
+    _add_recipe(parser, optional=True)
+    _add_model_flags(parser, required=False)
     parser.add_argument(
-        "--compare", type=Path, nargs="+", metavar="PATH", help="results.json files or folders"
-    )
-    parser.add_argument(
+        "--index",
         "--rag",
         type=Path,
         metavar="DIR",
-        help="retrieval ablation: MCQA (the recipe's notes questions, or --mcqa) with and "
-        "without notes from the sources indexed in DIR, for each k and chunk size",
+        required=True,
+        help="index whose sources (and embedding model) the ablation indexes again",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--mcqa", type=Path, help="MCQA JSONL to ask (default: the recipe's notes questions)"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default <run>/eval/rag)")
+    parser.add_argument(
+        "--method",
+        choices=["letter", "choice"],
+        default=ABLATION_METHOD,
+        help=f"MCQA scoring (default {ABLATION_METHOD}: letters barely move with context)",
+    )
+    group = parser.add_argument_group("settings (the rag and eval sections of a recipe)")
+    fields = ("ablation_ks", "ablation_chunk_tokens", "mode", "budget_tokens")
+    add_config_flags(group, RagConfig, "rag", fields=fields)
+    fields = ("chat", "dtype", "batch_size", "max_questions", "bootstrap_resamples")
+    add_config_flags(group, EvalConfig, "eval", fields=fields, aliases=_ALIASES)
 
 
-def _setting_overrides(args: argparse.Namespace) -> dict:
-    pairs = {
-        "mcqa_method": args.method,
-        "shots": args.shots,
-        "chat": args.chat,
-        "dtype": args.dtype,
-        "batch_size": args.batch_size,
-        "max_questions": args.limit,
-        "reward_beta": args.beta,
-    }
-    return {key: value for key, value in pairs.items() if value is not None}
+def _run_rag(args: argparse.Namespace) -> int:
+    from tutorlm.evaluate.ablation import index_sources, recipe_notes_questions, run_recipe_ablation
+    from tutorlm.recipe import load_recipe, recipe_from_dict
 
-
-def _run(args: argparse.Namespace) -> int:
-    from tutorlm.evaluate.scorer import ScorerError
-
-    if args.compare:
-        from tutorlm.evaluate.tables import compare_markdown, load_results
-
-        table = compare_markdown([load_results(path) for path in args.compare])
-        print(table, end="")
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(table)
-        return 0
-    if not args.model:
-        raise ScorerError("--model is required (e.g. --model bundled:smollm2-135m-instruct)")
-    direct = [args.mcqa, args.prefs, args.perplexity, args.choice, args.generation]
-
-    def echo(line: str) -> None:
-        print(line, flush=True)
-
-    progress = not args.no_progress and sys.stderr.isatty()
-    if args.rag:
-        return _run_rag_ablation(args, echo)
+    sources, embedder = index_sources(args.index)
+    changes = [*args.overrides, *overrides(args, "eval"), *overrides(args, "rag")]
     if args.recipe:
-        if any(direct):
-            raise ScorerError("give either a recipe or files (--mcqa, --prefs, ...), not both")
-        from tutorlm.evaluate.runner import run_eval
-        from tutorlm.recipe import load_recipe
-
-        overrides = list(args.overrides) + [
-            f"eval.{k}={v}" for k, v in _setting_overrides(args).items()
-        ]
-        recipe = load_recipe(args.recipe, overrides)
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-        results = run_eval(
-            recipe, args.model, tasks=tasks, out_dir=args.out, progress=progress, echo=echo
-        )
+        recipe = load_recipe(args.recipe, changes)
     else:
-        if not any(direct):
-            raise ScorerError(
-                "nothing to evaluate: give a recipe, or --mcqa/--prefs/--perplexity/--choice/--generation"
-            )
-        if not args.out:
-            raise ScorerError("--out DIR is required when files are given directly")
-        if args.prefs and not args.ref:
-            raise ScorerError("--prefs needs --ref (the reference model of the implicit reward)")
-        from tutorlm.evaluate.config import EvalConfig
-        from tutorlm.evaluate.runner import evaluate_files
-
-        results = evaluate_files(
-            args.model,
-            args.out,
-            mcqa=args.mcqa,
-            prefs=args.prefs,
-            reference=args.ref,
-            perplexity=args.perplexity or (),
-            choice=args.choice,
-            generation=args.generation,
-            settings=EvalConfig(**_setting_overrides(args)),
-            progress=progress,
-            echo=echo,
-        )
-    where = Path(results["out_dir"])
-    print(f"results: {where / 'results.json'}  table: {where / 'results.md'}")
-    for reason in results["skipped"].values():
-        print(f"not run: {reason}", file=sys.stderr)
-    return 1 if results["skipped"] else 0
-
-
-def _run_rag_ablation(args: argparse.Namespace, echo) -> int:
-    """``--rag DIR``: the retrieval ablation on the sources of the index in DIR."""
-    from tutorlm.evaluate.scorer import ScorerError
-    from tutorlm.rag.ablation import index_sources, notes_questions, run_rag_ablation
-    from tutorlm.rag.config import RagConfig
-
-    others = [args.prefs, args.perplexity, args.choice, args.generation, args.tasks]
-    if any(others):
-        raise ScorerError("--rag scores MCQA only: drop --prefs/--perplexity/--choice/--tasks")
-    sources, embedder = index_sources(args.rag)
-    recipe = None
-    if args.recipe:
-        from tutorlm.recipe import load_recipe
-
-        recipe = load_recipe(args.recipe, list(args.overrides))
+        recipe = recipe_from_dict({"name": "eval-rag"}, changes, origin="eval rag flags")
     if args.mcqa:
         from tutorlm.data.formats import read_records
 
         records = read_records(args.mcqa, "mcqa", strict=True).records
-    elif recipe is not None:
-        records = notes_questions(recipe.run_dir / "data" / "mcqa.test.jsonl")
+        records = records[: recipe.eval.max_questions]
+    elif args.recipe:
+        records = recipe_notes_questions(recipe)
     else:
-        raise ScorerError("--rag needs MCQA questions: a recipe (its notes questions) or --mcqa")
-    if args.limit:
-        records = records[: args.limit]
+        raise TutorlmError(
+            "eval rag needs MCQA questions: a recipe (its notes questions) or --mcqa"
+        )
     if not records:
-        raise ScorerError("--rag: no MCQA questions to score")
-    out = args.out or (recipe.run_dir / "eval" / "rag" if recipe else None)
-    if out is None:
-        raise ScorerError("--out DIR is required without a recipe")
-    settings = recipe.rag if recipe is not None else RagConfig()
-    chat = args.chat if args.chat is not None else bool(recipe and recipe.eval.chat)
-    table = run_rag_ablation(
-        args.model,
+        raise TutorlmError("eval rag: no MCQA questions to score")
+    if args.out is None and not args.recipe:
+        raise TutorlmError("--out DIR is required without a recipe")
+    if args.model is None and not args.recipe:
+        raise TutorlmError("--model is required without a recipe")
+    apply_online(args)
+    table = run_recipe_ablation(
+        recipe,
+        args.model or recipe.layout.final_model(),
         records,
-        sources,
-        ks=settings.ablation_ks,
-        chunk_sizes=settings.ablation_chunk_tokens,
-        out_dir=out,
-        mode=settings.mode,
-        budget_tokens=settings.budget_tokens,
+        args.out or recipe.layout.eval_dir("rag"),
+        sources=sources,
         embedding_model=embedder,
-        method=args.method or "choice",
-        chat=chat,
-        seed=recipe.seed if recipe is not None else 0,
-        log=echo,
+        method=args.method,
+        log=_echo,
     )
     print(table.markdown(), end="")
     print(f"table: {table.files['markdown']}  plot: {table.files['plot']}")
@@ -206,7 +237,22 @@ def _run_rag_ablation(args: argparse.Namespace, echo) -> int:
 
 
 EVAL = Command(
-    help="evaluate a model: MCQA, reward accuracy, BLEU/ROUGE, choice completion, perplexity",
-    configure=_configure,
-    run=_run,
+    help="evaluate a model on a recipe's tasks: MCQA, reward accuracy, BLEU/ROUGE, perplexity",
+    configure=_configure_recipe,
+    run=_run_recipe,
+)
+EVAL_FILES = Command(
+    help="evaluate a model on files given directly (MCQA, preferences, text, choices)",
+    configure=_configure_files,
+    run=_run_files,
+)
+EVAL_COMPARE = Command(
+    help="compare results.json files: models in rows, metrics in columns",
+    configure=_configure_compare,
+    run=_run_compare,
+)
+EVAL_RAG = Command(
+    help="the retrieval ablation: MCQA with and without notes, for each k and chunk size",
+    configure=_configure_rag,
+    run=_run_rag,
 )

@@ -7,6 +7,9 @@ letter scoring, bootstrap intervals) is the evaluate stage's, so "no retrieval"
 here is the plain MCQA score. Because every condition answers the same questions,
 the gain is measured per question (paired) and its interval is far narrower than
 the difference of two independent intervals would suggest.
+
+:func:`run_recipe_ablation` maps a recipe onto it, once, for both ``tutorlm run``'s
+``rag`` stage and ``tutorlm eval rag``, so that both score the same ablation alike.
 """
 
 from __future__ import annotations
@@ -293,6 +296,73 @@ def run_rag_ablation(
             log(f"{name}: {result.accuracy}, gain {gain}")
     _write(table, out_dir, predictions)
     return table
+
+
+#: How the ablation scores answers: full-choice likelihood, because a small model's
+#: letter scores barely move with context (it answers "A" almost always) while its
+#: choice likelihoods do (docs/rag.md).
+ABLATION_METHOD = "choice"
+
+
+def recipe_notes_questions(recipe) -> list[MCQARecord]:
+    """A run's notes questions: the items of its ``mcqa.test.jsonl`` written from the
+    course notes, at most ``eval.max_questions`` of them."""
+    return notes_questions(recipe.layout.data("mcqa.test.jsonl"), recipe.eval.max_questions)
+
+
+def run_recipe_ablation(
+    recipe,
+    model: str,
+    records: Sequence[MCQARecord],
+    out_dir: str | Path,
+    *,
+    sources: Sequence[str | Path] | None = None,
+    embedding_model: str | None = None,
+    method: str = ABLATION_METHOD,
+    scorer=None,
+    log=print,
+) -> AblationTable:
+    """The ablation as a recipe sets it: ``rag`` gives the ks, chunk sizes, search mode,
+    notes budget, sources and embedding model; ``eval`` the dtype, batch size, chat
+    rendering and bootstrap resamples; ``chat_template`` the template; ``seed`` the
+    bootstrap's seed. The model is scored as ``tutorlm eval`` scores it.
+
+    Args:
+        recipe: a loaded :class:`tutorlm.recipe.Recipe`.
+        model: the generator's spec (a run's M2, or any model).
+        records: the questions (see :func:`recipe_notes_questions`).
+        out_dir: where the indexes and the table go.
+        sources, embedding_model: index these instead of ``rag.sources`` with
+            ``rag.embedding_model`` (``eval rag --index DIR`` passes DIR's own).
+        method: MCQA scoring, :data:`ABLATION_METHOD` unless asked otherwise.
+        scorer: a ready scorer of ``model`` (tests pass a tiny one).
+        log: called with one progress line at a time.
+    """
+    if scorer is None:
+        from tutorlm.evaluate.scorer import Scorer
+        from tutorlm.templates import apply_template
+
+        scorer = Scorer.from_spec(model, dtype=recipe.eval.dtype, batch_size=recipe.eval.batch_size)
+        if recipe.chat_template is not None:
+            apply_template(scorer.tokenizer, recipe.chat_template)
+    settings = recipe.rag
+    return run_rag_ablation(
+        model,
+        records,
+        list(settings.sources if sources is None else sources),
+        ks=settings.ablation_ks,
+        chunk_sizes=settings.ablation_chunk_tokens,
+        out_dir=out_dir,
+        mode=settings.mode,
+        budget_tokens=settings.budget_tokens,
+        embedding_model=embedding_model or settings.embedding_model,
+        method=method,
+        chat=recipe.eval.chat,
+        seed=recipe.seed,
+        resamples=recipe.eval.bootstrap_resamples,
+        scorer=scorer,
+        log=log,
+    )
 
 
 def _correct(result) -> tuple[list[float], list[float] | None]:
