@@ -6,8 +6,8 @@ import warnings
 __version__ = "0.1.0"
 
 # torchao (imported by transformers whenever it is installed) logs that its CUDA-only
-# extensions do not load on this CPU, and torch warns about torchao's enum
-# registration: noise on every command, never actionable here.
+# extensions do not load without CUDA, and torch warns about torchao's enum
+# registration: noise on every command, never actionable by a user.
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 

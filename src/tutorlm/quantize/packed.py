@@ -1,9 +1,9 @@
 """int8 and int4 weight-only layers on PyTorch's own CPU kernels, with bf16 activations.
 
-Why these exist next to torchao: on this CPU, torchao 0.18's weight-only layers
-run in eager mode by converting the whole int8 (or int4-in-int8) weight back to
-float on every call and then doing a float matmul, so an int8 model generates at
-about half the speed of fp32 (``research/baselines.md``: 0.57x). PyTorch ships
+Why these exist next to torchao: on a CPU, torchao 0.18's weight-only layers run
+in eager mode by converting the whole int8 (or int4-in-int8) weight back to float
+on every call and then doing a float matmul, so an int8 model generates slower
+than fp32 (figures in ``docs/benchmarks.md``). PyTorch ships
 real mixed-precision CPU kernels that read the quantized weight directly:
 
 - ``torch._weight_int8pack_mm(x_bf16, w_int8 (N, K), scale_bf16 (N,))``: int8

@@ -45,8 +45,9 @@ def _single_threaded(function, *args):
 class Index:
     """A loaded index: chunks, their faiss index and their BM25 weights.
 
-    Single-query faiss search runs on one thread: on a loaded 2-core machine,
-    OpenMP's threads waiting for each other made it ten times slower. faiss and
+    Single-query faiss search runs on one thread: a single query is too little work
+    to split, and OpenMP threads that wait for each other on cores other processes
+    keep busy make it many times slower (``docs/benchmarks.md``). faiss and
     torch share one OpenMP runtime, so the thread count is set for the search only
     and given back afterwards; otherwise every model call after loading an index
     (the RAG ablation's scoring) would run on one core.
