@@ -210,6 +210,43 @@ def test_a_test_question_never_reaches_training_and_the_manifest_counts_it(tmp_p
     assert manifest["test_questions"] == {"mcqa.train.jsonl": 1, "sft.train.jsonl": 1}
 
 
+def _key(recipe: dict, overrides: list[str] = ()) -> str:
+    from tutorlm.data.build import _outputs, fingerprint
+
+    loaded = recipe_from_dict(recipe, list(overrides))
+    return fingerprint(loaded, _outputs(loaded))
+
+
+def test_the_cache_key_reads_the_settings_the_data_stage_declares(tmp_path, monkeypatch):
+    import dataclasses
+
+    from tutorlm import contract
+
+    recipe = small_recipe(tmp_path)
+    key = _key(recipe)
+    assert _key(recipe, ["data.dedup=false"]) != key
+    assert _key(recipe, ["seed=4"]) != key
+    pinned = _key(recipe, ["data.seed=3"])  # then the run's seed is not the build's
+    assert _key(recipe, ["data.seed=3", "seed=4"]) == pinned
+    assert _key(recipe, ["train.beta=0.5", "eval.batch_size=2"]) == key  # not declared
+    assert _key(recipe, ["model=other/model", "chat_template=chatml"]) == key  # not run
+    declared = contract.CONTRACTS["data"]
+    monkeypatch.setitem(
+        contract.CONTRACTS,
+        "data",
+        dataclasses.replace(declared, reads=(*declared.reads, "train.beta")),
+    )
+    assert _key(recipe, ["train.beta=0.5"]) != _key(recipe)
+
+
+def test_the_model_counts_in_the_cache_key_only_when_the_build_runs_it(tmp_path):
+    recipe = small_recipe(tmp_path)
+    recipe["data"]["max_tokens"] = 256  # counted through the model's chat template
+    key = _key(recipe)
+    assert _key(recipe, ["model=other/model"]) != key
+    assert _key(recipe, ["chat_template=chatml"]) != key
+
+
 def test_a_second_run_does_no_work_and_says_so(built):
     recipe, manifest, out = built
     times = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}

@@ -16,8 +16,9 @@ Order of work, for each output (a section, or an extra eval set):
 
 Every drop is counted against its source and rule; a rule that leaves no rows is
 an error naming it. The build is keyed by a fingerprint of what it reads (the
-data section, the seed, input files and package versions, this code): when the
-fingerprint and the files on disk match the manifest, a re-run does nothing.
+settings ``tutorlm.contract`` declares for the data stage, input files and package
+versions, this code): when the fingerprint and the files on disk match the
+manifest, a re-run does nothing. Every path comes from the run's layout.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 
 from tutorlm import __version__
+from tutorlm.contract import contract
 from tutorlm.data.examples import DataError, Row, Skip, SourceStats, require_rows
 from tutorlm.data.formats import atomic_write_text, write_records
 from tutorlm.data.rules import mixing
@@ -39,8 +41,8 @@ from tutorlm.data.rules.length import LengthRule, with_system
 from tutorlm.data.rules.records import RecordBuilder, check_rules
 from tutorlm.data.sources import open_reader
 from tutorlm.data.sources.base import file_sha256
+from tutorlm.layout import RunLayout
 
-MANIFEST = "manifest.json"
 logger = logging.getLogger("tutorlm.data")
 
 
@@ -96,31 +98,44 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def uses_model(outputs: list[Output]) -> bool:
+    """Whether the build runs the recipe's model: a ``max_tokens`` rule counts tokens
+    through its chat template, a ``corrupt: model`` source generates with it."""
+    return any(o.max_tokens for o in outputs) or any(
+        s.corrupt and s.corrupt.method == "model" for o in outputs for s in o.sources
+    )
+
+
 def fingerprint(recipe, outputs: list[Output]) -> str:
-    """What the files depend on: data settings, seed, inputs, tokenizer, code."""
+    """What the files depend on: the data stage's declared settings
+    (:func:`tutorlm.contract.contract`), its inputs and this code.
+
+    Of the declared settings, the model and its chat template count only when the
+    build runs the model (:func:`uses_model`), and the seed is the one the build draws
+    with (:func:`data_seed`), so a new base model or run seed reuses the same data.
+    """
+    settings = contract("data").settings(recipe.to_dict())
+    settings["seed"] = data_seed(recipe)
+    if not uses_model(outputs):
+        settings.pop("model", None)
+        settings.pop("chat_template", None)
     parts = {
-        "data": recipe.data.model_dump(mode="json"),
-        "seed": data_seed(recipe),
+        "settings": settings,
         "inputs": {r.name: r.fingerprint() for o in outputs for r in o.readers},
         "code": code_fingerprint(),
     }
-    if any(o.max_tokens for o in outputs) or any(
-        s.corrupt and s.corrupt.method == "model" for o in outputs for s in o.sources
-    ):
-        parts["model"] = [recipe.model, recipe.chat_template]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def up_to_date(out_dir: Path, key: str) -> dict | None:
+def up_to_date(layout: RunLayout, key: str) -> dict | None:
     """The manifest, if the files on disk are exactly what this key would build."""
-    path = out_dir / MANIFEST
-    if not path.is_file():
+    if not layout.data_manifest.is_file():
         return None
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(layout.data_manifest.read_text())
     if manifest.get("fingerprint") != key:
         return None
     for name, info in manifest.get("outputs", {}).items():
-        file = out_dir / name
+        file = layout.data_dir / name
         if not file.is_file() or file_sha256(file) != info["sha256"]:
             return None
     return manifest
@@ -327,7 +342,7 @@ def _decontaminate(built, outputs, data, stats) -> dict:
 
 
 def build_data(recipe, *, force: bool = False, progress: bool = True, log=print) -> dict:
-    """Build the data files of a recipe under ``<run_dir>/data/``; returns the manifest.
+    """Build the data files of a recipe in its ``layout.data_dir``; returns the manifest.
 
     Args:
         recipe: a loaded :class:`tutorlm.recipe.Recipe`.
@@ -364,10 +379,11 @@ def build_data(recipe, *, force: bool = False, progress: bool = True, log=print)
             reader.check()
             if not reader.format:
                 check_rules(reader.config, reader.shape, output.kind)
-    out_dir = recipe.run_dir / "data"
+    layout = recipe.layout
+    out_dir = layout.data_dir
     key = fingerprint(recipe, outputs)
     if not force:
-        manifest = up_to_date(out_dir, key)
+        manifest = up_to_date(layout, key)
         if manifest is not None:
             say(f"data: {out_dir} is up to date (fingerprint {key[:12]}), nothing to do")
             return manifest
@@ -406,19 +422,20 @@ def build_data(recipe, *, force: bool = False, progress: bool = True, log=print)
         "inputs": {r.name: r.fingerprint() for o in outputs for r in o.readers},
         "missing": missing,
     }
-    _remove_stale(out_dir, written)
-    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    _remove_stale(layout, written)
+    atomic_write_text(
+        layout.data_manifest, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    )
     say(format_table(manifest))
     return manifest
 
 
-def _remove_stale(out_dir: Path, written: dict) -> None:
+def _remove_stale(layout: RunLayout, written: dict) -> None:
     """Delete files an earlier build wrote that this recipe no longer asks for."""
-    path = out_dir / MANIFEST
-    if path.is_file():
-        for name in json.loads(path.read_text()).get("outputs", {}):
+    if layout.data_manifest.is_file():
+        for name in json.loads(layout.data_manifest.read_text()).get("outputs", {}):
             if name not in written:
-                (out_dir / name).unlink(missing_ok=True)
+                (layout.data_dir / name).unlink(missing_ok=True)
 
 
 def format_table(manifest: dict) -> str:
