@@ -6,7 +6,7 @@ its default in it, so that a new setting is a flag with no second copy to keep i
 step (litgpt generates its flags from signatures the same way). A flag left out is
 ``None``: the recipe's value, else the field's default, stands.
 
-    add_config_flags(parser, EvalConfig, "eval", aliases={"mcqa_method": "--method"})
+    add_config_flags(parser, EvalConfig, "eval", names={"mcqa_method": ("--method",)})
     args = parser.parse_args(["--method", "choice", "--batch-size", "4"])
     given(args, "eval")            # {"mcqa_method": "choice", "batch_size": 4}
     overrides(args, "eval")        # ['eval.mcqa_method="choice"', 'eval.batch_size=4']
@@ -129,9 +129,9 @@ def add_config_flags(
     *,
     fields: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
-    aliases: Mapping[str, str | tuple[str, ...]] | None = None,
+    names: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
-    """Add one option per field of ``model``: ``--field-name`` plus any ``aliases``.
+    """Add one option per field of ``model``: ``--field-name``, or the ``names`` given.
 
     Booleans get ``--x / --no-x``; ``Literal`` fields their choices; lists take
     comma-separated values (``--tasks mmlu_stem,mcqa_test``). Every option defaults
@@ -143,15 +143,14 @@ def add_config_flags(
         section: its key in a recipe (``eval``), which also names the options' dests.
         fields: only these fields, in this order (default: all).
         exclude: fields to leave out.
-        aliases: extra option strings for a field (``{"mcqa_method": "--method"}``), to
-            keep a short or established spelling.
+        names: a field's option strings instead of ``--field-name``, where a short or
+            established spelling reads better (``{"mcqa_method": ("--method",)}``).
     """
-    aliases = aliases or {}
-    names = [n for n in (fields or model.model_fields) if n not in set(exclude)]
-    for name in names:
+    names = names or {}
+    chosen = [n for n in (fields or model.model_fields) if n not in set(exclude)]
+    for name in chosen:
         annotation = model.model_fields[name].annotation
-        extra = aliases.get(name, ())
-        options = [f"--{name.replace('_', '-')}", *([extra] if isinstance(extra, str) else extra)]
+        options = names.get(name, (f"--{name.replace('_', '-')}",))
         kwargs: dict[str, Any] = {"dest": f"{section}{_SEP}{name}", "default": None}
         members = _members(annotation)
         literal = _literal_values(members[0]) if len(members) == 1 else ()

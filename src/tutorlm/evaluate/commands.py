@@ -23,7 +23,11 @@ from tutorlm.evaluate.config import EvalConfig
 from tutorlm.rag.config import RagConfig
 
 #: Short spellings kept from before the flags were generated.
-_ALIASES = {"mcqa_method": "--method", "max_questions": "--limit", "reward_beta": "--beta"}
+_NAMES = {
+    "mcqa_method": ("--method", "--mcqa-method"),
+    "max_questions": ("--limit", "--max-questions"),
+    "reward_beta": ("--beta", "--reward-beta"),
+}
 
 #: ``EvalConfig`` fields that name input files: ``eval files`` takes those as its own flags.
 _FILE_FIELDS = ("tasks", "perplexity_files", "reward_reference", "generation_file", "choice_file")
@@ -50,7 +54,7 @@ def _add_recipe(parser: argparse.ArgumentParser, *, optional: bool = False) -> N
 
 def _settings_group(parser: argparse.ArgumentParser, **kwargs) -> None:
     group = parser.add_argument_group("settings (the eval section of a recipe)")
-    add_config_flags(group, EvalConfig, "eval", aliases=_ALIASES, **kwargs)
+    add_config_flags(group, EvalConfig, "eval", names=_NAMES, **kwargs)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -190,7 +194,7 @@ def _configure_rag(parser: argparse.ArgumentParser) -> None:
     fields = ("ablation_ks", "ablation_chunk_tokens", "mode", "budget_tokens")
     add_config_flags(group, RagConfig, "rag", fields=fields)
     fields = ("chat", "dtype", "batch_size", "max_questions", "bootstrap_resamples")
-    add_config_flags(group, EvalConfig, "eval", fields=fields, aliases=_ALIASES)
+    add_config_flags(group, EvalConfig, "eval", fields=fields, names=_NAMES)
 
 
 def _run_rag(args: argparse.Namespace) -> int:

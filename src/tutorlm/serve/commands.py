@@ -8,31 +8,34 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tutorlm.cli_flags import add_config_flags, add_online_flag, given, validated
 from tutorlm.commands import Command
 from tutorlm.errors import TutorlmError
 from tutorlm.models import BUNDLED
 from tutorlm.rag.config import RagConfig
 from tutorlm.serve.config import ServeConfig
 
-_SERVE = ServeConfig()
-_RAG = RagConfig()
 API_KEY_ENV = "TUTORLM_API_KEY"
-SETTING_FLAGS = {
-    "host": "host",
-    "port": "port",
-    "name": "model_name",
-    "mode": "mode",
-    "temperature": "temperature",
-    "max_tokens": "default_max_tokens",
-    "max_tokens_limit": "max_tokens_limit",
-    "max_prompt_tokens": "max_prompt_tokens",
-    "timeout": "request_timeout_s",
-    "max_batch": "max_batch",
-    "max_queue": "max_queue",
-    "k": "rag_k",
-    "budget_tokens": "rag_budget_tokens",
+
+#: Flags whose short spelling reads better than ``--field-name`` (ServeConfig field ->
+#: option strings); every other field is ``--field-name``.
+_NAMES = {
+    "model_name": ("--name", "--model-name"),
+    "default_max_tokens": ("--max-tokens", "--default-max-tokens"),
+    "request_timeout_s": ("--timeout", "--request-timeout-s"),
+    "rag_k": ("--k", "--rag-k"),
+    "rag_budget_tokens": ("--budget-tokens", "--rag-budget-tokens"),
 }
-"""Command-line flags that override a ``ServeConfig`` field (flag name -> field)."""
+
+#: The ServeConfig fields a terminal chat uses (serve takes them all).
+_CHAT_FIELDS = (
+    "mode",
+    "temperature",
+    "default_max_tokens",
+    "max_prompt_tokens",
+    "rag_k",
+    "rag_budget_tokens",
+)
 
 
 def served_name(spec: str) -> str:
@@ -50,8 +53,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_tutor_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments shared by chat and serve: the model, the notes, the mode, the backend.
+def _add_tutor_arguments(parser: argparse.ArgumentParser, fields=None) -> None:
+    """Arguments shared by chat and serve: the model, the notes, the backend, and the
+    ``serve`` settings (``fields`` of them), generated from ``ServeConfig``.
 
     Settings left unset come from ``--recipe``'s ``serve`` and ``rag`` sections, or
     from their defaults.
@@ -70,29 +74,6 @@ def _add_tutor_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="take settings (serve and rag sections), the model (M2, else M1, else the "
         "base) and the index from this recipe's run",
-    )
-    parser.add_argument("--mode", choices=["tutor", "hint"], default=None, help="tutoring mode")
-    parser.add_argument(
-        "--k", type=_positive_int, default=None, help=f"notes per question (default {_RAG.k})"
-    )
-    parser.add_argument(
-        "--search-mode",
-        choices=["dense", "bm25", "hybrid"],
-        default=None,
-        help=f"retrieval mode (default {_RAG.mode})",
-    )
-    parser.add_argument(
-        "--budget-tokens",
-        type=_positive_int,
-        default=None,
-        help=f"most prompt tokens for notes (default {_RAG.budget_tokens})",
-    )
-    parser.add_argument("--temperature", type=float, default=None, help="0 is greedy (default)")
-    parser.add_argument(
-        "--max-prompt-tokens",
-        type=_positive_int,
-        default=None,
-        help=f"longest prompt (default {_SERVE.max_prompt_tokens})",
     )
     parser.add_argument(
         "--chat-template",
@@ -116,8 +97,11 @@ def _add_tutor_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run Python code shipped with the model (off by default: only for models you trust)",
     )
-    parser.add_argument(
-        "--online", action="store_true", default=None, help="allow model hub downloads"
+    add_online_flag(parser)
+    settings = parser.add_argument_group("settings (the serve and rag sections of a recipe)")
+    add_config_flags(settings, ServeConfig, "serve", fields=fields, names=_NAMES)
+    add_config_flags(
+        settings, RagConfig, "rag", fields=("mode",), names={"mode": ("--search-mode",)}
     )
 
 
@@ -140,9 +124,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     Raises:
         TutorlmError: a setting out of range, named by its field.
     """
-    from pydantic import ValidationError
-
-    base, rag, model, rag_dir, template = _SERVE, _RAG, None, None, None
+    base, rag, model, rag_dir, template = ServeConfig(), RagConfig(), None, None, None
     if args.recipe:
         from tutorlm.recipe import load_recipe
 
@@ -151,30 +133,17 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         model = recipe.layout.final_model()
         index = recipe.layout.index
         rag_dir = str(index) if index.is_dir() else None
-    overrides = {
-        field: getattr(args, flag)
-        for flag, field in SETTING_FLAGS.items()
-        if getattr(args, flag, None) is not None
-    }
+    overrides = given(args, "serve")
     if "max_tokens_limit" in overrides and "default_max_tokens" not in overrides:
         overrides["default_max_tokens"] = min(
             base.default_max_tokens, overrides["max_tokens_limit"]
         )
-    try:
-        config = ServeConfig.model_validate({**base.model_dump(), **overrides})
-    except ValidationError as error:
-        problems = "; ".join(
-            ".".join(map(str, e["loc"]))
-            + ": " * bool(e["loc"])
-            + e["msg"].removeprefix("Value error, ")
-            for e in error.errors()
-        )
-        raise TutorlmError(f"bad serve settings: {problems}") from None
+    config = validated(ServeConfig, {**base.model_dump(), **overrides}, "serve settings")
     return Settings(
         config=config,
         model=args.model or model or BUNDLED,
         rag_dir=args.rag or rag_dir,
-        search_mode=args.search_mode or rag.mode,
+        search_mode=given(args, "rag").get("mode", rag.mode),
         k=config.rag_k or rag.k,
         budget_tokens=config.rag_budget_tokens or rag.budget_tokens,
         chat_template=args.chat_template or template,
@@ -239,13 +208,7 @@ def build_tutor(args: argparse.Namespace, settings: Settings):
 
 
 def _configure_chat(parser: argparse.ArgumentParser) -> None:
-    _add_tutor_arguments(parser)
-    parser.add_argument(
-        "--max-tokens",
-        type=_positive_int,
-        default=None,
-        help=f"new tokens per answer (default {_SERVE.default_max_tokens})",
-    )
+    _add_tutor_arguments(parser, fields=_CHAT_FIELDS)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
@@ -269,8 +232,6 @@ def _run_chat(args: argparse.Namespace) -> int:
 
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
     _add_tutor_arguments(parser)
-    parser.add_argument("--host", default=None, help=f"address to bind (default {_SERVE.host})")
-    parser.add_argument("--port", type=int, default=None, help=f"port (default {_SERVE.port})")
     parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_ENV),
@@ -280,21 +241,6 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         "--insecure-no-key",
         action="store_true",
         help="allow a non-loopback --host without an API key",
-    )
-    parser.add_argument("--name", default=None, help="model id shown to clients")
-    parser.add_argument(
-        "--max-batch",
-        type=_positive_int,
-        default=None,
-        help=f"requests decoded together (default {_SERVE.max_batch}; 1 = one at a time)",
-    )
-    parser.add_argument("--max-queue", type=_positive_int, default=None)
-    parser.add_argument("--max-tokens-limit", type=_positive_int, default=None)
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        help=f"seconds per request (default {_SERVE.request_timeout_s:g})",
     )
 
 

@@ -53,9 +53,9 @@ class ServeConfig(BaseModel):
     """How long the engine waits for more requests to join a batch that is not full."""
     max_queue: int = Field(default=64, ge=1)
     """Requests waiting or running at once; more get a 503 with ``Retry-After``."""
-    rag_k: int | None = None
+    rag_k: int | None = Field(default=None, ge=1)
     """Notes retrieved per question; None uses the recipe's ``rag.k``."""
-    rag_budget_tokens: int | None = None
+    rag_budget_tokens: int | None = Field(default=None, ge=32)
     """Most prompt tokens the notes may take; None uses ``rag.budget_tokens``."""
 
     @model_validator(mode="after")
