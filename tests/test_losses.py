@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from tutorlm.train.logps import ScoredTokens, token_logps
+from tutorlm.logprobs import ScoredTokens, token_logps
 from tutorlm.train.losses import (
     LOSS_NAMES,
     cdpo_loss,

@@ -1,4 +1,4 @@
-"""The ``train`` recipe section: tutorlm's keys, TRL's pass-through sections, hardware choices."""
+"""The ``train`` recipe section: tutorlm's keys and TRL's pass-through sections."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ from pathlib import Path
 import pytest
 from test_train_support import load_tiny_recipe, write_run_data
 
+from tutorlm.hardware import bf16_is_fast
 from tutorlm.recipe import RecipeError, load_recipe, recipe_from_dict
 from tutorlm.train.config import TrainConfig
-from tutorlm.train.runtime import (
-    TrainError,
-    bf16_is_fast,
-    cores_busy_between,
-    cpu_flags,
-    cpu_has_fast_bf16,
-    cpu_times,
-    thread_count,
-)
+from tutorlm.train.runtime import TrainError
 from tutorlm.train.trl_args import build_args, check_trl_sections
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,61 +76,15 @@ def test_gradient_checkpointing_can_be_asked_for(tmp_path):
 
 def test_demo_recipe_train_section_is_valid_for_trl():
     recipe = load_recipe(REPO / "recipes" / "demo.yaml")
-    check_trl_sections(recipe.train, recipe.seed)
-
-
-def test_cpu_flags_decide_bf16(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert cpu_has_fast_bf16(cpu_flags(info))
-    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
-    assert not cpu_has_fast_bf16(cpu_flags(info))
-    assert cpu_flags(tmp_path / "missing") == set()
-
-
-def test_thread_count_shares_cores_and_leaves_busy_ones(monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    busy = {"cores": 0.3}
-    monkeypatch.setattr("tutorlm.train.runtime.busy_cores_elsewhere", lambda: busy["cores"])
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert thread_count("auto") == 4
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert thread_count("auto") == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
-    assert thread_count("auto") == 1
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    busy["cores"] = 2.6  # three cores busy elsewhere
-    assert thread_count("auto") == 1
-    busy["cores"] = 14.0
-    assert thread_count("auto") == 1
-    busy["cores"] = 1.4
-    assert thread_count("auto") == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    busy["cores"] = 0.0
-    assert thread_count("auto") == 3
-    assert thread_count(5) == 5
-
-
-def test_busy_cores_count_other_processes_not_this_one(tmp_path):
-    def sample(user, idle, own_ticks):
-        stat = tmp_path / "stat"
-        stat.write_text(
-            f"cpu  {user} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0\ncpu1 0 0 0 0 0 0 0 0\n"
-        )
-        own = tmp_path / "self"
-        own.write_text(f"42 (python (x)) R 1 2 3 4 5 6 7 8 9 10 {own_ticks} 0 0 0\n")
-        return cpu_times(stat, own)
-
-    first = sample(user=1000, idle=5000, own_ticks=100)
-    assert first == (1000, 6000, 2, 100)
-    # 100 ticks per CPU pass: 150 busy ticks, 100 of them this process's own
-    second = sample(user=1150, idle=5050, own_ticks=200)
-    assert cores_busy_between(first, second) == pytest.approx(0.5)
-    # all busy time was this process's: nothing elsewhere
-    third = sample(user=1300, idle=5100, own_ticks=350)
-    assert cores_busy_between(second, third) == 0.0
-    assert cpu_times(tmp_path / "missing", tmp_path / "self") is None
+    args = check_trl_sections(recipe.train, recipe.seed)
+    assert type(args["sft"]).__name__ == "SFTConfig" and type(args["dpo"]).__name__ == "DPOConfig"
+    assert (args["sft"].max_steps, args["sft"].learning_rate, args["sft"].max_length) == (
+        24,
+        2e-4,
+        512,
+    )
+    assert (args["dpo"].max_steps, args["dpo"].beta, args["dpo"].eval_on_start) == (12, 0.1, False)
+    assert args["sft"].seed == args["dpo"].seed == recipe.seed
 
 
 def test_qlora_on_this_cpu_fails_with_what_is_missing(tiny_model_dir, tmp_path):
@@ -153,4 +100,4 @@ def test_qlora_on_this_cpu_fails_with_what_is_missing(tiny_model_dir, tmp_path):
         TrainError, match=r"train.qlora=true needs a CUDA GPU .* this machine has none"
     ):
         run_sft(recipe)
-    assert not (recipe.run_dir / "sft" / "merged").exists()
+    assert not recipe.layout.merged("sft").exists()

@@ -7,6 +7,7 @@ import logging
 import pytest
 from test_train_support import preference_records, sft_records, write_jsonl
 
+from tutorlm.logprobs import split_pair
 from tutorlm.train.data import (
     IGNORE,
     PreferenceCollator,
@@ -15,7 +16,6 @@ from tutorlm.train.data import (
     prepare_preferences,
     prepare_sft,
     tokenize_conversation,
-    tokenize_pair,
 )
 
 
@@ -47,7 +47,7 @@ def test_labels_cover_every_assistant_turn_and_its_end_token(tokenizer):
 
 def test_pair_tokens_split_at_the_assistant_reply(tokenizer):
     record = preference_records(1)[0]
-    prompt_ids, chosen_ids, rejected_ids = tokenize_pair(
+    prompt_ids, chosen_ids, rejected_ids = split_pair(
         tokenizer, record["prompt"], record["chosen"], record["rejected"]
     )
     assert tokenizer.decode(prompt_ids).endswith("<|im_start|>assistant\n")
@@ -128,6 +128,7 @@ def test_sft_collator_pads_right_and_masks_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["shift_labels"].tolist() == [[6, 7], [-100, -100]]
 
 
 def test_preference_collator_stacks_chosen_then_rejected():

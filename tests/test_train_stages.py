@@ -126,15 +126,13 @@ def build_trainer(kind, recipe, model_dir, bf16=False, **kwargs):
     from tutorlm.train.trainers import TutorDPOTrainer, TutorSFTTrainer
     from tutorlm.train.trl_args import build_args
 
-    args = build_args(kind, recipe.train, 0, recipe.run_dir / kind)
+    args = build_args(kind, recipe.train, 0, recipe.layout.stage_dir(kind))
     model, tokenizer = modeling.load_for_training(model_dir, bf16=bf16)
     if kind == "sft":
-        dataset, _ = data.load_split(
-            "sft", recipe.run_dir / "data" / "sft.train.jsonl", tokenizer, 128
-        )
+        dataset, _ = data.load_split("sft", recipe.layout.data("sft.train.jsonl"), tokenizer, 128)
         collator, cls = data.SFTCollator(tokenizer.pad_token_id), TutorSFTTrainer
     else:
-        path = recipe.run_dir / "data" / "prefs.train.jsonl"
+        path = recipe.layout.data("prefs.train.jsonl")
         dataset, _ = data.load_split("preference", path, tokenizer, 128)
         collator, cls = data.PreferenceCollator(tokenizer.pad_token_id), TutorDPOTrainer
     trainer = cls(
@@ -221,18 +219,16 @@ def test_bf16_training_loss_matches_fp32(tiny_model_dir, tmp_path):
     write_run_data(recipe.run_dir)
     fp32, collator, dataset = build_trainer("sft", recipe, tiny_model_dir)
     bf16, _, _ = build_trainer("sft", recipe, tiny_model_dir, bf16=True)
+    from tutorlm.logprobs import scored_logps
+
     batch = collator([dataset[i] for i in range(4)])
-    inputs = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch["attention_mask"],
-        "score_mask": batch["labels"] != -100,
-    }
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["labels"] != -100)
     with torch.no_grad():
         fp32_loss = fp32.compute_loss(fp32.model, batch).item()
-        fp32_logps = fp32.model(**inputs).logps
+        fp32_logps = scored_logps(fp32.model, *inputs).logps
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16_loss = bf16.compute_loss(bf16.model, batch).item()
-            bf16_logps = bf16.model(**inputs).logps
+            bf16_logps = scored_logps(bf16.model, *inputs).logps
     assert (
         next(p for n, p in bf16.model.named_parameters() if "q_proj.base" in n).dtype
         == torch.bfloat16

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutorlm.data.formats import read_records
+from tutorlm.logprobs import common_prefix_length, render_ids, reply_batch, right_pad, split_pair
 
 logger = logging.getLogger(__name__)
 
@@ -58,30 +59,6 @@ class Prepared:
         if self.truncated:
             parts.append(f"truncated {self.truncated} to max_length={max_length}")
         return "; ".join(parts)
-
-
-def render_ids(
-    tokenizer, messages: list[dict], *, add_generation_prompt: bool = False
-) -> list[int]:
-    """Token ids of messages rendered by the tokenizer's chat template.
-
-    The template writes its own special tokens (BOS, turn markers), so the text is
-    tokenized without adding any.
-    """
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Number of leading tokens two id lists share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
@@ -125,22 +102,6 @@ def prepare_sft(path: Path | str, tokenizer, max_length: int | None) -> Prepared
     return prepared
 
 
-def tokenize_pair(tokenizer, prompt: list[dict], chosen: list[dict], rejected: list[dict]):
-    """``prompt_ids``, ``chosen_ids``, ``rejected_ids`` of a preference pair.
-
-    The replies start where the prompt's render (with the generation prompt)
-    stops matching the renders of prompt + reply, as in TRL.
-    """
-    prompt_ids = render_ids(tokenizer, prompt, add_generation_prompt=True)
-    with_chosen = render_ids(tokenizer, prompt + chosen)
-    with_rejected = render_ids(tokenizer, prompt + rejected)
-    start = min(
-        common_prefix_length(prompt_ids, with_chosen),
-        common_prefix_length(prompt_ids, with_rejected),
-    )
-    return prompt_ids[:start], with_chosen[start:], with_rejected[start:]
-
-
 def prepare_preferences(path: Path | str, tokenizer, max_length: int | None) -> Prepared:
     """Preference records of a file as ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` rows.
 
@@ -156,7 +117,7 @@ def prepare_preferences(path: Path | str, tokenizer, max_length: int | None) -> 
         if chosen == rejected:
             prepared.skipped[SAME_REPLIES] += 1
             continue
-        prompt_ids, chosen_ids, rejected_ids = tokenize_pair(tokenizer, prompt, chosen, rejected)
+        prompt_ids, chosen_ids, rejected_ids = split_pair(tokenizer, prompt, chosen, rejected)
         if not chosen_ids or not rejected_ids:
             prepared.skipped[EMPTY_REPLY] += 1
             continue
@@ -203,27 +164,26 @@ def load_split(
     return Dataset.from_list(prepared.rows), prepared
 
 
-def _pad(rows: list[list[int]], value: int):
-    import torch
-
-    width = max(len(row) for row in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
-
-
 @dataclass
 class SFTCollator:
-    """Right-pads ``input_ids`` / ``labels`` to the batch's longest row."""
+    """Right-pads ``input_ids`` / ``labels`` to the batch's longest row.
+
+    ``shift_labels`` are the labels of the next-token predictions; transformers
+    counts the loss's tokens (``num_items_in_batch``) from them.
+    """
 
     pad_token_id: int
 
     def __call__(self, examples: list[dict]) -> dict:
-        input_ids = _pad([e["input_ids"] for e in examples], self.pad_token_id)
-        attention_mask = _pad([[1] * len(e["input_ids"]) for e in examples], 0)
-        labels = _pad([e["labels"] for e in examples], IGNORE)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        input_ids = right_pad([e["input_ids"] for e in examples], self.pad_token_id)
+        attention_mask = right_pad([[1] * len(e["input_ids"]) for e in examples], 0)
+        labels = right_pad([e["labels"] for e in examples], IGNORE)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "shift_labels": labels[:, 1:],  # what each position predicts: (B, T-1)
+        }
 
 
 @dataclass
@@ -240,16 +200,10 @@ class PreferenceCollator:
     def __call__(self, examples: list[dict]) -> dict:
         import torch
 
-        sequences, completion = [], []
-        for side in ("chosen_ids", "rejected_ids"):
-            for e in examples:
-                sequences.append(e["prompt_ids"] + e[side])
-                completion.append([0] * len(e["prompt_ids"]) + [1] * len(e[side]))
-        batch = {
-            "input_ids": _pad(sequences, self.pad_token_id),
-            "attention_mask": _pad([[1] * len(s) for s in sequences], 0),
-            "completion_mask": _pad(completion, 0),
-        }
+        rows = [
+            (e["prompt_ids"], e[side]) for side in ("chosen_ids", "rejected_ids") for e in examples
+        ]
+        batch = reply_batch(rows, self.pad_token_id)
         if "ref_chosen_logps" in examples[0]:
             batch["ref_chosen_logps"] = torch.tensor([e["ref_chosen_logps"] for e in examples])
             batch["ref_rejected_logps"] = torch.tensor([e["ref_rejected_logps"] for e in examples])

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tutorlm.logprobs import implicit_reward, prefers_chosen
+
 LOSS_NAMES = ("dpo", "cdpo", "robust", "ipo", "hinge")
 """The preference losses tutorlm implements, by recipe name."""
 
@@ -117,8 +119,9 @@ class PreferenceLoss:
 
     @property
     def accuracies(self) -> torch.Tensor:
-        """1.0 where the chosen reward is strictly higher (ties count as wrong, as in TRL)."""
-        return (self.chosen_rewards > self.rejected_rewards).float()
+        """1.0 where the pair counts as correct (``tutorlm.logprobs.prefers_chosen``: ties
+        count as wrong), ``(B,)``."""
+        return prefers_chosen(self.margins).float()
 
 
 _LOSSES: dict[str, Callable[..., torch.Tensor]] = {
@@ -170,6 +173,6 @@ def preference_loss(
     losses = _LOSSES[name](h, beta, eps)
     return PreferenceLoss(
         losses=losses,
-        chosen_rewards=(beta * (policy_chosen - ref_chosen)).detach(),
-        rejected_rewards=(beta * (policy_rejected - ref_rejected)).detach(),
+        chosen_rewards=implicit_reward(policy_chosen, ref_chosen, beta).detach(),
+        rejected_rewards=implicit_reward(policy_rejected, ref_rejected, beta).detach(),
     )

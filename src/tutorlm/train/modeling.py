@@ -10,7 +10,6 @@ from pathlib import Path
 
 from tutorlm.templates import apply_template
 from tutorlm.train.config import LoraSettings
-from tutorlm.train.logps import install_logps_forward
 from tutorlm.train.runtime import qlora_quantization_config, require_qlora_support
 
 PAD_TOKEN = "<|pad|>"
@@ -66,7 +65,6 @@ def load_for_training(
         kwargs = {"dtype": torch.bfloat16, "quantization_config": qlora_quantization_config()}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     ensure_pad_token(model, tokenizer)
-    install_logps_forward(model)
     return model, tokenizer
 
 

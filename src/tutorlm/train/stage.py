@@ -1,4 +1,4 @@
-"""The steps both training stages share: data files, output directory, callbacks, export."""
+"""The steps of a training stage: data files, fingerprint, output directory, callbacks, export."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tutorlm.contract import contract
 from tutorlm.data.formats import atomic_write_text
 from tutorlm.recipe import Recipe
 from tutorlm.train.outputs import (
@@ -44,24 +45,27 @@ class StageResult:
     summary: dict = field(default_factory=dict)
 
 
-def data_file(recipe: Recipe, configured: str | None, default_name: str, *, required: bool):
-    """The configured data file, else ``<run_dir>/data/<default_name>``; ``None`` if optional
-    and absent, or optional and empty (a split whose sources are all missing, such as a
-    test split made only of private pairs the run does not have).
+def data_file(recipe: Recipe, name: str, *, required: bool) -> Path | None:
+    """The run's data file ``name`` (``recipe.layout.data``: the built one, or the one the
+    recipe points to); ``None`` if optional and absent, or optional and empty (a split
+    whose sources are all missing, such as a test split made only of private pairs the
+    run does not have).
 
     Raises:
-        TrainError: a required file is missing (with the command that makes it).
+        TrainError: a required file, or one the recipe names, is missing (with the
+            command that makes it).
     """
-    path = Path(configured) if configured else recipe.run_dir / "data" / default_name
+    layout = recipe.layout
+    path = layout.data(name)
     if path.is_file() and not required and path.stat().st_size == 0:
         logger.warning("%s is empty: training goes on without this validation set", path)
         return None
     if path.is_file():
         return path
-    if required or configured:
+    if required or name in layout.data_files:
         raise TrainError(
             f"{path}: no such data file. Build it with `tutorlm data build` "
-            f"(or point train.{_key_for(default_name)} at your own file)."
+            f"(or point train.{_key_for(name)} at your own file)."
         )
     return None
 
@@ -85,16 +89,9 @@ def _key_for(default_name: str) -> str:
     }[default_name]
 
 
-_STAGE_KEYS = {
-    "sft": ("lora", "qlora", "sft"),
-    "dpo": ("lora", "dpo_lora", "qlora", "loss", "beta", "eps", "dpo_start", "dpo"),
-}
-"""The ``train`` keys each stage's result depends on (not threads, not file paths)."""
-
-
 def fingerprint(recipe: Recipe, stage: str, base_path: Path, data_files: list[Path]) -> str:
-    """sha256 of what a stage's checkpoints depend on: its ``train`` settings, the
-    seed and chat template, the base weights (names, sizes, times) and the data.
+    """sha256 of what a stage's checkpoints depend on: the recipe keys of its contract
+    (``tutorlm.contract``), the base weights (names, sizes, times) and the data.
 
     A checkpoint resumes only a run with the same fingerprint, so changing a
     learning rate or rebuilding the data never continues an old run, while a
@@ -107,9 +104,7 @@ def fingerprint(recipe: Recipe, stage: str, base_path: Path, data_files: list[Pa
     data = [hashlib.sha256(path.read_bytes()).hexdigest() for path in data_files]
     identity = {
         "stage": stage,
-        "train": recipe.train.model_dump(mode="json", include=set(_STAGE_KEYS[stage])),
-        "seed": recipe.seed,
-        "chat_template": recipe.chat_template,
+        "settings": contract(stage).settings(recipe.to_dict()),
         "base": [str(base_path), weights],
         "data": data,
     }
@@ -145,23 +140,30 @@ def train(trainer, checkpoint: Path | None) -> None:
     reached ``max_steps`` is loaded, not trained further.
 
     transformers' loop runs at least one optimizer step after a resume, so
-    resuming a finished run would otherwise end one step past ``max_steps``.
+    resuming a finished run would otherwise end one step past ``max_steps``; the
+    finished checkpoint's adapter weights and trainer state are read instead.
     """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
     from transformers import TrainerState
 
     if checkpoint is not None and trainer.args.max_steps > 0:
         state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
         if state.global_step >= trainer.args.max_steps:
             logger.info("%s already reached max_steps: loading it, not training", checkpoint)
-            trainer._load_from_checkpoint(str(checkpoint))
+            weights = load_file(str(Path(checkpoint) / "adapter_model.safetensors"))
+            set_peft_model_state_dict(trainer.accelerator.unwrap_model(trainer.model), weights)
             trainer.state = state
             return
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
-def callbacks(output_dir: Path, generation_config, stage_info: dict, *, main_process: bool):
+def callbacks(
+    recipe: Recipe, stage: str, generation_config, stage_info: dict, *, main_process: bool
+):
     """Metrics file, TensorBoard events and checkpoint completion, for one stage."""
-    metrics = MetricsFileCallback(output_dir / "metrics.jsonl")
+    output_dir = recipe.layout.stage_dir(stage)
+    metrics = MetricsFileCallback(recipe.layout.metrics(stage))
     extras = CheckpointExtrasCallback(generation_config, stage_info)
     found = [metrics, extras]
     if main_process:
@@ -196,14 +198,16 @@ def _return_freed_memory_to_os() -> None:
         ctypes.CDLL(name).malloc_trim(0)
 
 
-def finish(trainer, *, stage: str, base_path: Path, tokenizer, metrics, info: dict) -> StageResult:
+def finish(
+    trainer, recipe: Recipe, *, stage: str, base_path: Path, tokenizer, metrics, info: dict
+) -> StageResult:
     """Save the adapter and the merged model, write the summary; main process only.
 
     Every process waits for the export, so that a pipeline step after
     ``accelerate launch`` finds the merged model complete.
     """
-    output_dir = Path(trainer.args.output_dir)
-    adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
+    output_dir, merged_dir = recipe.layout.stage_dir(stage), recipe.layout.merged(stage)
+    adapter_dir = output_dir / "adapter"
     trainer.save_model(str(adapter_dir))  # every process: FSDP / DeepSpeed gather here
     release_training_memory(trainer)
     summary = {}

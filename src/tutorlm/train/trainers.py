@@ -1,81 +1,127 @@
-"""TRL's SFTTrainer and DPOTrainer with the loss computed by tutorlm.
+"""transformers' Trainer with tutorlm's loss, scoring and logged metrics.
 
-TRL keeps what it does well (configs, the training loop through transformers'
-Trainer, PEFT wrapping, accelerate for DDP / FSDP / DeepSpeed, checkpoints);
-tutorlm replaces the parts whose semantics or speed it promises:
+tutorlm owns what it promises (the loss, the collation, the log-probs), so the
+trainers subclass ``transformers.Trainer`` directly and override only its
+documented extension points (``compute_loss``, ``training_step``,
+``prediction_step``, ``log``). transformers keeps the loop, the optimizer,
+accelerate (DDP / FSDP / DeepSpeed), checkpoints and resume; TRL's ``SFTConfig`` /
+``DPOConfig`` are the argument classes, so the recipe's ``sft:`` / ``dpo:``
+sections keep TRL's field names.
 
-- the loss: SFT is the mean negative log-likelihood of assistant tokens; DPO
-  is one of ``tutorlm.train.losses``, so cDPO is cDPO whatever TRL's version;
+- the loss: SFT is the mean negative log-likelihood of assistant tokens; DPO is
+  one of ``tutorlm.train.losses``, so cDPO is cDPO whatever TRL's version;
 - the scoring: only positions that carry a loss go through the output head
-  (``tutorlm.train.logps``), instead of every position of a padded batch;
-- the batches: tokenized once by ``tutorlm.train.data`` and drawn grouped by
-  length.
+  (``tutorlm.logprobs.scored_logps``);
+- the batches: tokenized once by ``tutorlm.train.data`` and drawn grouped by the
+  dataset's ``length`` column (transformers' ``group_by_length`` sampler).
 """
 
 from __future__ import annotations
 
-import torch
-from transformers.trainer_pt_utils import LengthGroupedSampler
-from trl import DPOTrainer, SFTTrainer
+from collections import defaultdict
 
+import torch
+from transformers import Trainer
+
+from tutorlm.logprobs import scored_logps
 from tutorlm.train.losses import preference_loss
 
 
-class _TutorTrainerMixin:
-    """What both trainers share: length-grouped sampling, token counts, loss-only eval."""
+def with_adapter(model, peft_config, args):
+    """The model with a fresh LoRA adapter, ready for the arguments' checkpointing.
 
-    def _get_train_sampler(self, train_dataset=None):
-        """Length-grouped batches from the dataset's ``length`` column.
+    Under QLoRA the adapter weights are kept in bf16, the QLoRA paper's recipe.
+    """
+    if peft_config is None:
+        return model
+    from peft import get_peft_model
 
-        transformers' own grouping infers lengths from ``input_ids``, which
-        preference rows do not have; the column is computed at tokenization.
-        """
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "length" not in getattr(
-            dataset, "column_names", []
-        ):
-            return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=list(dataset["length"]),
-        )
+    model = get_peft_model(model, peft_config)
+    if args.activation_checkpointing:
+        model.enable_input_require_grads()  # recomputed blocks need a grad-carrying input
+    if getattr(model, "is_loaded_in_4bit", False):
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
+    return model
 
-    def _count_tokens(self, attention_mask: torch.Tensor) -> None:
+
+def disable_dropout(model) -> None:
+    """Set every dropout to 0: DPO's policy and reference must see the same forward."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+class TutorTrainer(Trainer):
+    """What both stages share: the adapter, token counts, logged metrics, loss-only eval.
+
+    Args:
+        model: the causal LM to train.
+        peft_config: PEFT's config of the adapter to add, or None.
+        **kwargs: ``transformers.Trainer``'s (args, data_collator, datasets,
+            processing_class, callbacks).
+    """
+
+    def __init__(self, model, *, peft_config=None, **kwargs):
+        super().__init__(model=with_adapter(model, peft_config, kwargs["args"]), **kwargs)
+        self.tokens_seen = 0
+        self.logged: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+
+    def on_device(self, inputs: dict) -> dict:
+        """The batch's tensors on the training device."""
+        return {
+            key: value.to(self.args.device) if isinstance(value, torch.Tensor) else value
+            for key, value in inputs.items()
+        }
+
+    def count_tokens(self, attention_mask: torch.Tensor) -> None:
         """Keep the running count of real (non-pad) tokens that feeds tokens/s."""
         tokens = self.accelerator.gather_for_metrics(attention_mask.sum()).sum().item()
-        self._total_train_tokens += int(tokens)
-        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        self.tokens_seen += int(tokens)
+
+    def record(self, mode: str, name: str, value: torch.Tensor) -> None:
+        """One batch's value of a metric, averaged over processes; logged at the next log."""
+        self.logged[mode][name].append(self.accelerator.gather_for_metrics(value).mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the recorded metrics (mean since the last log) and the token count."""
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self.logged[mode].items():
+            logs[prefix + name] = sum(values) / len(values)
+        self.logged[mode].clear()
+        if mode == "train":
+            logs["num_tokens"] = float(self.tokens_seen)
+        super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation computes the training loss (and its logged metrics) only."""
-        inputs = self._prepare_inputs(inputs)
+        """Evaluation computes the training loss (and its recorded metrics) only."""
+        inputs = self.on_device(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
 
-class TutorSFTTrainer(_TutorTrainerMixin, SFTTrainer):
+class TutorSFTTrainer(TutorTrainer):
     """SFT on assistant tokens, scoring only those positions.
 
     The loss is the negative log-likelihood summed over the assistant tokens of
     all micro-batches of an optimizer step, divided by their count
-    (``num_items_in_batch``), so gradient accumulation does not change it.
+    (``num_items_in_batch``, which transformers counts from the collator's
+    ``shift_labels``), so gradient accumulation does not change it.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # the loss below is normalised by num_items_in_batch, counted over labels[:, 1:]
-        self.model_accepts_loss_kwargs = True
-        self._loss_shifts_labels = True
+        self.model_accepts_loss_kwargs = True  # the loss below is normalised by num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
-        labels = inputs["labels"]
-        scored = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            score_mask=labels != -100,
-        )
+        mask = torch.nn.functional.pad(inputs["shift_labels"] != -100, (1, 0))  # (B, T)
+        scored = scored_logps(model, inputs["input_ids"], inputs["attention_mask"], mask)
         total = -scored.logps.sum()
         count = scored.logps.numel() if num_items_in_batch is None else num_items_in_batch
         loss = total / torch.as_tensor(count, device=total.device).clamp(min=1)
@@ -85,18 +131,9 @@ class TutorSFTTrainer(_TutorTrainerMixin, SFTTrainer):
             and self.accelerator.num_processes > 1
         ):
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        if mode == "train":
-            self._count_tokens(inputs["attention_mask"])
+        if model.training:
+            self.count_tokens(inputs["attention_mask"])
         return (loss, scored) if return_outputs else loss
-
-
-def _scoring(part: dict) -> dict:
-    """Model keywords that score the completion tokens of a batch part."""
-    return {
-        "input_ids": part["input_ids"],
-        "attention_mask": part["attention_mask"],
-        "score_mask": part["completion_mask"],
-    }
 
 
 def _rows(inputs: dict, rows: slice) -> dict:
@@ -107,19 +144,25 @@ def _rows(inputs: dict, rows: slice) -> dict:
     }
 
 
-class TutorDPOTrainer(_TutorTrainerMixin, DPOTrainer):
+def _sums(model, part: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs and completion lengths of a batch part, ``(B,)`` each."""
+    scored = scored_logps(model, part["input_ids"], part["attention_mask"], part["completion_mask"])
+    return scored.per_sequence()
+
+
+class TutorDPOTrainer(TutorTrainer):
     """DPO whose loss is ``tutorlm.train.losses.preference_loss``.
 
     The reference log-probs come from the batch (precomputed) or from the same
     model with its LoRA adapter disabled; the logged rewards, accuracies and
-    margins are TRL's names, computed from the same tensors as the loss.
+    margins keep TRL's names and are computed from the same tensors as the loss.
 
     With ``split_pairs`` a training step backpropagates the chosen half of the
     batch, then the rejected half, so only one half's activations are alive at
     a time: DPO then needs about the memory of SFT at the same batch size, for
     one extra gradient-free forward of the rejected half. The gradient is exact:
     each half's backward is weighted by the loss's derivative at the same point
-    (chosen, rejected). It needs deterministic forwards (dropout off, TRL's
+    (chosen, rejected). It needs deterministic forwards (dropout off, the
     ``disable_dropout`` default) and is skipped under DeepSpeed, whose engine
     expects one backward per micro-batch.
     """
@@ -127,15 +170,13 @@ class TutorDPOTrainer(_TutorTrainerMixin, DPOTrainer):
     def __init__(
         self, *args, loss_name: str, eps: float = 0.0, split_pairs: bool = False, **kwargs
     ):
-        self.loss_name = loss_name
-        self.eps = eps
         super().__init__(*args, **kwargs)
+        self.loss_name, self.eps, self.beta = loss_name, eps, self.args.beta
+        if self.args.disable_dropout:
+            disable_dropout(self.model)
         self.split_pairs = (
             split_pairs and not self.is_deepspeed_enabled and self.args.disable_dropout
         )
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        return dataset  # tokenized by tutorlm.train.data, once
 
     def reference_logps(self, *parts: dict) -> torch.Tensor:
         """Summed log-probs of each sequence under the reference model, ``(2B,)``.
@@ -149,8 +190,7 @@ class TutorDPOTrainer(_TutorTrainerMixin, DPOTrainer):
             return torch.cat([parts[0]["ref_chosen_logps"], parts[0]["ref_rejected_logps"]])
         unwrapped = self.accelerator.unwrap_model(self.model)
         with torch.no_grad(), unwrapped.disable_adapter():
-            sums = [self.model(**_scoring(part)).per_sequence()[0] for part in parts]
-        return torch.cat(sums)
+            return torch.cat([_sums(self.model, part)[0] for part in parts])
 
     def _loss(self, chosen, rejected, reference, chosen_lengths, rejected_lengths):
         ref_chosen, ref_rejected = reference.to(chosen.dtype).chunk(2)
@@ -167,27 +207,22 @@ class TutorDPOTrainer(_TutorTrainerMixin, DPOTrainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
-        scored = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            score_mask=inputs["completion_mask"],
-        )
-        policy, lengths = scored.per_sequence()  # (2B,), chosen rows first
+        mode = "train" if model.training else "eval"
+        policy, lengths = _sums(model, inputs)  # (2B,), chosen rows first
         reference = self.reference_logps(inputs)
         policy_chosen, policy_rejected = policy.chunk(2)
         result = self._loss(policy_chosen, policy_rejected, reference, *lengths.chunk(2))
         loss = result.losses.mean()
-        self._log_pairs(mode, result, policy_chosen, policy_rejected)
+        self._record_pairs(mode, result, policy_chosen, policy_rejected)
         if mode == "train":
-            self._count_tokens(inputs["attention_mask"])
-        return (loss, scored) if return_outputs else loss
+            self.count_tokens(inputs["attention_mask"])
+        return (loss, policy) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not self.split_pairs:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
-        inputs = self._prepare_inputs(inputs)
+        inputs = self.on_device(inputs)
         half = inputs["input_ids"].shape[0] // 2
         chosen, rejected = _rows(inputs, slice(0, half)), _rows(inputs, slice(half, None))
         if "ref_chosen_logps" in inputs:
@@ -197,8 +232,8 @@ class TutorDPOTrainer(_TutorTrainerMixin, DPOTrainer):
         scale = 1.0 / self.current_gradient_accumulation_steps
         with self.compute_loss_context_manager():
             with torch.no_grad():
-                rejected_value, rejected_lengths = model(**_scoring(rejected)).per_sequence()
-            chosen_logps, chosen_lengths = model(**_scoring(chosen)).per_sequence()
+                rejected_value, rejected_lengths = _sums(model, rejected)
+            chosen_logps, chosen_lengths = _sums(model, chosen)
             result = self._loss(
                 chosen_logps, rejected_value, reference, chosen_lengths, rejected_lengths
             )
@@ -206,22 +241,20 @@ class TutorDPOTrainer(_TutorTrainerMixin, DPOTrainer):
                 self.accelerator.backward(result.losses.mean() * scale)
             chosen_value = chosen_logps.detach()
             del chosen_logps, result
-            rejected_logps, _ = model(**_scoring(rejected)).per_sequence()
+            rejected_logps, _ = _sums(model, rejected)
             result = self._loss(
                 chosen_value, rejected_logps, reference, chosen_lengths, rejected_lengths
             )
             loss = result.losses.mean() * scale
             self.accelerator.backward(loss)
-        self._log_pairs("train", result, chosen_value, rejected_logps)
-        self._count_tokens(inputs["attention_mask"])
+        self._record_pairs("train", result, chosen_value, rejected_logps)
+        self.count_tokens(inputs["attention_mask"])
         return loss.detach()
 
-    def _log_pairs(self, mode, result, policy_chosen, policy_rejected) -> None:
-        gather = self.accelerator.gather_for_metrics
-        metrics = self._metrics[mode]
-        metrics["rewards/chosen"].append(gather(result.chosen_rewards).mean().item())
-        metrics["rewards/rejected"].append(gather(result.rejected_rewards).mean().item())
-        metrics["rewards/accuracies"].append(gather(result.accuracies).mean().item())
-        metrics["rewards/margins"].append(gather(result.margins).mean().item())
-        metrics["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
+    def _record_pairs(self, mode, result, policy_chosen, policy_rejected) -> None:
+        self.record(mode, "rewards/chosen", result.chosen_rewards)
+        self.record(mode, "rewards/rejected", result.rejected_rewards)
+        self.record(mode, "rewards/accuracies", result.accuracies)
+        self.record(mode, "rewards/margins", result.margins)
+        self.record(mode, "logps/chosen", policy_chosen.detach())
+        self.record(mode, "logps/rejected", policy_rejected.detach())

@@ -14,8 +14,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from tutorlm.hardware import bf16_is_fast
 from tutorlm.train.config import TrainConfig
-from tutorlm.train.runtime import TrainError, bf16_is_fast
+from tutorlm.train.runtime import TrainError
 
 
 def _hardware_defaults() -> dict[str, Any]:
@@ -124,14 +125,18 @@ def build_args(
         raise TrainError(f"train.{kind}: {error}") from None
 
 
-def check_trl_sections(train: TrainConfig, seed: int = 0) -> None:
+def check_trl_sections(train: TrainConfig, seed: int = 0) -> dict:
     """Validate ``train.sft`` and ``train.dpo`` against TRL without training.
 
     Called at the start of each stage; the pipeline may call it up front so that
     a typo in ``train.dpo`` fails before SFT spends its minutes.
+
+    Returns:
+        ``{"sft": SFTConfig, "dpo": DPOConfig}``, as the stages would build them.
     """
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
-        for kind in ("sft", "dpo"):
-            build_args(kind, train, seed, Path(scratch) / kind)
+        return {
+            kind: build_args(kind, train, seed, Path(scratch) / kind) for kind in ("sft", "dpo")
+        }
