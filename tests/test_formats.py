@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from tutorlm.data.formats import (
     PreferenceRecord,
     RecordError,
     SFTRecord,
+    file_sha256,
     read_records,
     write_records,
 )
@@ -112,6 +114,16 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     write_records(out, [MCQARecord.model_validate(MCQA)])
     assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]
     assert json.loads(out.read_text()) == MCQA
+
+
+def test_file_sha256_is_the_sha256_of_the_bytes(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2
+    )
+    path.write_bytes(bytes(range(256)) * 5000)  # more than one read block
+    assert file_sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_unknown_kind_is_rejected(tmp_path):

@@ -34,13 +34,12 @@ from pathlib import Path
 from tutorlm import __version__
 from tutorlm.contract import contract
 from tutorlm.data.examples import DataError, Row, Skip, SourceStats, require_rows
-from tutorlm.data.formats import atomic_write_text, write_records
+from tutorlm.data.formats import atomic_write_text, file_sha256, write_records
 from tutorlm.data.rules import mixing
 from tutorlm.data.rules.dedup import EvalIndex, HeldOutQuestions, dedup_key
 from tutorlm.data.rules.length import LengthRule, with_system
 from tutorlm.data.rules.records import RecordBuilder, check_rules
 from tutorlm.data.sources import open_reader
-from tutorlm.data.sources.base import file_sha256
 from tutorlm.layout import RunLayout
 
 logger = logging.getLogger("tutorlm.data")

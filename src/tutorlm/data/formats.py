@@ -11,6 +11,7 @@ the data stage parses raw files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -208,6 +209,12 @@ def record_to_dict(record) -> dict:
         if not data.get("meta"):
             data.pop("meta")
     return data
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes (hex): what manifests record of every file they list."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

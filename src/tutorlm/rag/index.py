@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tutorlm.data.formats import file_sha256
 from tutorlm.rag.chunk import chunk_sections, search_text
 from tutorlm.rag.config import IndexSettings
 from tutorlm.rag.records import Chunk
-from tutorlm.rag.sources import SkipFile, discover, file_sha256, read_sections
+from tutorlm.rag.sources import SkipFile, discover, read_sections
 from tutorlm.rag.store import (
     FORMAT,
     FreshSegment,

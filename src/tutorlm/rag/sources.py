@@ -7,7 +7,6 @@ the index's manifest keeps, so a user can see what was left out and why.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -95,14 +94,6 @@ def discover(sources: list[str | Path]) -> tuple[list[SourceFile], list[tuple[st
         else:
             raise SourceError(f"{given}: no such file or folder to index")
     return [found[name] for name in sorted(found)], skipped
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_sections(file: SourceFile) -> list[Section]:

@@ -9,23 +9,12 @@ on, for the "nothing changed, nothing to do" check.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 from tutorlm.data.examples import DataError, Example, Skip, SourceStats
 from tutorlm.data.rules.mcqa import subject_allowed
 
 DEFAULT_SHAPE = {"sft": "qa", "preference": "pair", "mcqa": "mc"}
-
-
-def file_sha256(path: Path | str) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_version(name: str) -> str:

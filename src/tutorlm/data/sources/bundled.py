@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 from tutorlm.data.examples import DataError, Example, Skip
-from tutorlm.data.sources.base import Reader, file_sha256, package_version
+from tutorlm.data.formats import file_sha256
+from tutorlm.data.sources.base import Reader, package_version
 from tutorlm.data.sources.rg_worked import SUBJECTS, worked_solution
 
 LETTERS = "ABCD"

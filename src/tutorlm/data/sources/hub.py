@@ -10,7 +10,8 @@ how tests and smoke runs exercise every preset without a network.
 from __future__ import annotations
 
 from tutorlm.data.examples import DataError, Example
-from tutorlm.data.sources.base import Reader, file_sha256
+from tutorlm.data.formats import file_sha256
+from tutorlm.data.sources.base import Reader
 from tutorlm.data.sources.hub_presets import CONVERTERS, HubPreset, get_preset
 from tutorlm.data.sources.rows import (
     REQUIRED,

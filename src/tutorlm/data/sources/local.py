@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 
 from tutorlm.data.examples import DataError, Example
-from tutorlm.data.formats import RecordError, iter_records
-from tutorlm.data.sources.base import Reader, file_sha256
+from tutorlm.data.formats import RecordError, file_sha256, iter_records
+from tutorlm.data.sources.base import Reader
 from tutorlm.data.sources.rows import (
     REQUIRED,
     check_columns,
