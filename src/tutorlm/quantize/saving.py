@@ -48,11 +48,6 @@ PACKED_FILE = "packed.safetensors"
 FORMAT = "tutorlm.quantized/1"
 
 
-def is_quantized_dir(path) -> bool:
-    """Whether ``path`` is a directory written by :func:`quantize_to_dir`."""
-    return (Path(path) / RECORD_FILE).is_file()
-
-
 def read_record(path) -> dict:
     """The ``quantization.json`` of a quantized directory, checked."""
     record_path = Path(path) / RECORD_FILE
