@@ -1,8 +1,9 @@
 """BM25 over a sparse term matrix, with the exact scores of rank-bm25's BM25Okapi.
 
-rank-bm25 scores a query by looping over every document in Python: about a second
-per query over 100,000 chunks. Here the per-term weights of every document are
-precomputed in a sparse matrix, so a query costs only the postings of its terms.
+rank-bm25 scores a query by looping over every document in Python, so a query
+costs time in proportion to the whole corpus. This module precomputes the per-term
+weights of every document in a sparse matrix, so a query costs only the postings of
+its terms (docs/benchmarks.md has the measured difference).
 The formula is BM25Okapi's, idf floor included, and a test checks the two agree
 to float precision. Term counts, not weights, are what an index stores: adding
 or removing a file changes every idf, and weights are cheap to recompute.
