@@ -37,7 +37,10 @@ demo: setup
 	$(BIN)/tutorlm model prepare
 	$(BIN)/tutorlm run recipes/demo.yaml
 
+# the bundled model is converted into the user's cache here, once: the tests link it
+# into a cache of their own (tests/conftest.py) and never write to the user's
 test: setup browser
+	$(BIN)/tutorlm model prepare
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

