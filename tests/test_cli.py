@@ -58,3 +58,52 @@ def test_model_prepare_on_a_local_directory(tiny_model_dir, capsys):
 def test_model_ask_streams_an_answer(tiny_model_dir, capsys):
     assert main(["model", "ask", str(tiny_model_dir), "Hi?", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+def parser_of(name: str):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"tutorlm {name}")
+    COMMANDS[name].configure(parser)
+    return parser
+
+
+def test_every_command_builds_its_parser_and_settings_flags_follow_the_config():
+    from tutorlm.evaluate.config import EvalConfig
+    from tutorlm.serve.config import ServeConfig
+
+    parsers = {name: parser_of(name) for name in COMMANDS}
+    dests = {name: {a.dest for a in p._actions} for name, p in parsers.items()}
+    assert {f"serve:{field}" for field in ServeConfig.model_fields} <= dests["serve"]
+    assert {f"eval:{field}" for field in EvalConfig.model_fields} <= dests["eval"]
+    for name in ("eval", "eval files", "eval rag", "chat", "serve", "ask", "index build"):
+        assert "online" in dests[name], name
+
+
+def test_generated_flags_give_only_what_was_typed():
+    from tutorlm.cli_flags import given, overrides
+
+    args = parser_of("eval").parse_args(
+        ["r.yaml", "--method", "choice", "--tasks", "mmlu_stem,mcqa_test", "--no-chat"]
+    )
+    assert given(args, "eval") == {
+        "tasks": ["mmlu_stem", "mcqa_test"],
+        "mcqa_method": "choice",
+        "chat": False,
+    }
+    assert overrides(args, "eval") == [
+        'eval.tasks=["mmlu_stem", "mcqa_test"]',
+        'eval.mcqa_method="choice"',
+        "eval.chat=false",
+    ]
+    threads = parser_of("eval files").parse_args(["--model", "m", "--out", "o", "--threads", "2"])
+    assert given(threads, "eval") == {"threads": 2}
+    serve = parser_of("serve").parse_args(
+        ["--max-tokens", "9", "--search-mode", "bm25", "--k", "2"]
+    )
+    assert (given(serve, "serve"), given(serve, "rag")) == (
+        {"default_max_tokens": 9, "rag_k": 2},
+        {"mode": "bm25"},
+    )
+    help_text = parser_of("eval").format_help()
+    assert "Bootstrap resamples behind every 95 % interval" in help_text

@@ -6,18 +6,16 @@ import argparse
 import sys
 import textwrap
 
+from tutorlm.cli_flags import add_config_flags, add_online_flag, apply_online, given, validated
 from tutorlm.commands import Command
 from tutorlm.models import BUNDLED
-from tutorlm.rag.config import RagConfig
-
-_DEFAULTS = RagConfig()
+from tutorlm.rag.config import IndexSettings, RagConfig
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _settings(args: argparse.Namespace) -> RagConfig:
+    """The ``rag`` settings given as flags over their defaults (and ``--online``)."""
+    apply_online(args)
+    return validated(RagConfig, given(args, "rag"), "rag settings")
 
 
 def _configure_build(parser: argparse.ArgumentParser) -> None:
@@ -27,38 +25,15 @@ def _configure_build(parser: argparse.ArgumentParser) -> None:
         help="Markdown, text or PDF files and folders; 'bundled:notes' is the demo notes",
     )
     parser.add_argument("--out", required=True, help="index directory (created or updated)")
-    parser.add_argument(
-        "--embedding-model",
-        default=_DEFAULTS.embedding_model,
-        help=f"sentence-transformers model: bundled name, directory or hub id "
-        f"(default {_DEFAULTS.embedding_model})",
-    )
-    parser.add_argument("--chunk-tokens", type=int, default=_DEFAULTS.chunk_tokens)
-    parser.add_argument("--chunk-overlap", type=int, default=_DEFAULTS.chunk_overlap)
-    parser.add_argument(
-        "--index-factory",
-        default=_DEFAULTS.index_factory,
-        help="faiss index factory string: Flat (exact, default), SQfp16, HNSW32,Flat",
-    )
+    add_config_flags(parser, IndexSettings, "rag")
+    add_online_flag(parser)
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from tutorlm.errors import TutorlmError
-    from tutorlm.rag.config import IndexSettings
     from tutorlm.rag.index import build_index
 
-    try:
-        settings = IndexSettings(
-            embedding_model=args.embedding_model,
-            chunk_tokens=args.chunk_tokens,
-            chunk_overlap=args.chunk_overlap,
-            index_factory=args.index_factory,
-        )
-    except ValidationError as error:
-        problems = "; ".join(item["msg"] for item in error.errors())
-        raise TutorlmError(f"bad index settings: {problems}") from None
+    settings = validated(IndexSettings, given(args, "rag"), "index settings")
+    apply_online(args)
     report = build_index(args.sources, args.out, settings=settings, log=print)
     if report.full_rebuild and report.full_rebuild != "no previous index":
         print(f"full rebuild: {report.full_rebuild}")
@@ -80,11 +55,9 @@ def _run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--k", type=_positive_int, default=_DEFAULTS.k, help="chunks to retrieve")
-    parser.add_argument(
-        "--mode", choices=["dense", "bm25", "hybrid"], default=_DEFAULTS.mode, help="search mode"
-    )
+def _add_search_arguments(parser: argparse.ArgumentParser, *fields: str) -> None:
+    add_config_flags(parser, RagConfig, "rag", fields=("k", "mode", *fields))
+    add_online_flag(parser)
 
 
 def _configure_search(parser: argparse.ArgumentParser) -> None:
@@ -101,8 +74,10 @@ def _excerpt(text: str, width: int = 300) -> str:
 def _run_search(args: argparse.Namespace) -> int:
     from tutorlm.rag.retrieve import load_index
 
+    settings = _settings(args)
     index = load_index(args.index)
-    for rank, hit in enumerate(index.search(args.query, k=args.k, mode=args.mode), start=1):
+    hits = index.search(args.query, k=settings.k, mode=settings.mode)
+    for rank, hit in enumerate(hits, start=1):
         print(f"{rank}. {hit.score:.4f}  {hit.chunk.location()}  ({hit.chunk.id})")
         print(textwrap.indent(textwrap.fill(_excerpt(hit.chunk.text), 96), "     "))
     return 0
@@ -114,22 +89,13 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=BUNDLED, help=f"generator model spec (default {BUNDLED})"
     )
-    _add_search_arguments(parser)
-    parser.add_argument(
-        "--budget-tokens",
-        type=_positive_int,
-        default=_DEFAULTS.budget_tokens,
-        help="most prompt tokens the notes may take",
-    )
+    _add_search_arguments(parser, "budget_tokens")
     parser.add_argument(
         "--system", default=None, help="system prompt to use instead of the default"
     )
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
     parser.add_argument("--show-prompt", action="store_true", help="print the prompt first")
-    parser.add_argument(
-        "--online", action="store_true", default=None, help="allow model hub downloads"
-    )
 
 
 def _run_ask(args: argparse.Namespace) -> int:
@@ -138,11 +104,12 @@ def _run_ask(args: argparse.Namespace) -> int:
     from tutorlm.rag.prompt import build_rag_messages, cited_sources
     from tutorlm.rag.retrieve import load_index
 
+    settings = _settings(args)
     index = load_index(args.rag)
-    hits = index.search(args.question, k=args.k, mode=args.mode)
+    hits = index.search(args.question, k=settings.k, mode=settings.mode)
     model, tokenizer = load_model(args.model, online=args.online)
     messages, sources = build_rag_messages(
-        args.question, hits, tokenizer, budget_tokens=args.budget_tokens, system=args.system
+        args.question, hits, tokenizer, budget_tokens=settings.budget_tokens, system=args.system
     )
     if args.show_prompt:
         for message in messages:
