@@ -4,14 +4,14 @@ The implicit DPO reward of a reply y to a prompt x is
 
     r(x, y) = beta * (log pi(y | x) - log pi_ref(y | x))
 
-with log pi(y | x) the summed log-probability of the reply's tokens after the prompt
-rendered through the chat template (the same split TRL's DPOTrainer uses: the
-template of the prompt with the assistant turn opened is the context; the rest of
-the template of prompt + reply is the continuation). A pair counts as correct when
-r(chosen) > r(rejected) strictly; ties (|margin| < 1e-6, e.g. a policy identical to
-its reference) are counted apart, not as half right. Accuracy >= 0.98 earns a
-warning: such pairs are too easy to tell models apart (synthetic corrupted
-negatives), healthy values on human-judged pairs are about 0.7-0.8.
+with log pi(y | x) the summed log-probability of the reply's tokens after the prompt.
+The prompt / reply split, the reward and the tie rule are ``tutorlm.logprobs``'s, the
+ones the DPO trainer logs with: the reply starts where the render of the prompt (with
+the assistant turn opened) stops matching the render of prompt + reply, by token ids.
+A pair counts as correct when r(chosen) - r(rejected) > ``TIE_TOLERANCE``; ties (e.g.
+a policy identical to its reference) are counted apart, never as half right.
+Accuracy >= 0.98 earns a warning: such pairs are too easy to tell models apart
+(synthetic corrupted negatives), healthy values on human-judged pairs are about 0.7-0.8.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 from tutorlm.evaluate.scorer import Scorer, ScorerError
 from tutorlm.evaluate.stats import Interval, bootstrap_interval
+from tutorlm.logprobs import implicit_reward, is_tie, prefers_chosen, split_pair
 
-TIE_TOLERANCE = 1e-6
 EASY_PAIRS_THRESHOLD = 0.98
 
 
@@ -31,22 +31,20 @@ def _messages(turns) -> list[dict]:
     return [t if isinstance(t, dict) else {"role": t.role, "content": t.content} for t in turns]
 
 
-def reply_request(tokenizer, prompt, reply) -> tuple[str, str]:
-    """``(context, continuation)`` for log pi(reply | prompt) through the chat template.
+def pair_requests(tokenizer, pair, prefix_token_id: int):
+    """The ``(context_ids, reply_ids)`` of a pair's chosen and rejected replies, split by
+    token ids as the DPO trainer splits them (``tutorlm.logprobs.split_pair``).
 
-    Without a chat template the turns' contents are joined by newlines.
+    Raises:
+        ScorerError: a reply that renders to no tokens after the prompt.
     """
-    prompt, reply = _messages(prompt), _messages(reply)
-    if getattr(tokenizer, "chat_template", None):
-        context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        whole = tokenizer.apply_chat_template(prompt + reply, tokenize=False)
-        if whole.startswith(context) and len(whole) > len(context):
-            return context, whole[len(context) :]
-        raise ScorerError(
-            "the chat template does not render the prompt as a prefix of prompt + reply"
-        )
-    context = "".join(m["content"] + "\n" for m in prompt)
-    return context, "\n".join(m["content"] for m in reply)
+    prompt_ids, chosen_ids, rejected_ids = split_pair(
+        tokenizer, _messages(pair.prompt), _messages(pair.chosen), _messages(pair.rejected)
+    )
+    if not chosen_ids or not rejected_ids:
+        raise ScorerError(f"pair {pair.id}: a reply renders to no tokens after the prompt")
+    context = prompt_ids or [prefix_token_id]
+    return [(context, chosen_ids), (context, rejected_ids)]
 
 
 @dataclass
@@ -103,7 +101,7 @@ def _as_scorer(model, tokenizer, **kwargs) -> Scorer:
 
 
 def _logprobs(scorer: Scorer, requests, desc: str) -> list[float]:
-    return [result.logprob for result in scorer.loglikelihood(requests, desc=desc)]
+    return [result.logprob for result in scorer.loglikelihood_tokens(requests, desc=desc)]
 
 
 def _breakdown(rows: list[dict], key) -> dict[str, dict]:
@@ -148,10 +146,11 @@ def reward_accuracy(
     options = {"batch_size": batch_size, "dtype": dtype}
     policy_scorer = _as_scorer(policy, tokenizer, **options)
     tokenizer = policy_scorer.tokenizer
-    requests = []
-    for pair in pairs:
-        requests.append(reply_request(tokenizer, pair.prompt, pair.chosen))
-        requests.append(reply_request(tokenizer, pair.prompt, pair.rejected))
+    requests = [
+        request
+        for pair in pairs
+        for request in pair_requests(tokenizer, pair, policy_scorer.prefix_token_id)
+    ]
     policy_lp = _logprobs(policy_scorer, requests, "reward policy")
     if reference is None:
         disable = getattr(policy_scorer.model, "disable_adapter", None)
@@ -166,10 +165,9 @@ def reward_accuracy(
         reference_lp = _logprobs(reference_scorer, requests, "reward reference")
     rows = []
     for index, pair in enumerate(pairs):
-        chosen = beta * (policy_lp[2 * index] - reference_lp[2 * index])
-        rejected = beta * (policy_lp[2 * index + 1] - reference_lp[2 * index + 1])
+        chosen = implicit_reward(policy_lp[2 * index], reference_lp[2 * index], beta)
+        rejected = implicit_reward(policy_lp[2 * index + 1], reference_lp[2 * index + 1], beta)
         margin = chosen - rejected
-        tie = abs(margin) < TIE_TOLERANCE
         rows.append(
             {
                 "id": pair.id,
@@ -178,8 +176,8 @@ def reward_accuracy(
                 "reward_chosen": chosen,
                 "reward_rejected": rejected,
                 "margin": margin,
-                "tie": tie,
-                "correct": (not tie) and margin > 0,
+                "tie": bool(is_tie(margin)),
+                "correct": bool(prefers_chosen(margin)),
             }
         )
     n = len(rows)

@@ -44,8 +44,16 @@ from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.batches import Batcher, Group, Job, NextTokens
+from tutorlm.hardware import DTYPES, resolve_dtype
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+__all__ = [
+    "DTYPES",
+    "LoglikelihoodResult",
+    "RollingResult",
+    "Scorer",
+    "ScorerError",
+    "resolve_dtype",
+]
 
 
 class ScorerError(TutorlmError, ValueError):
@@ -74,30 +82,6 @@ class RollingResult:
     """Number of tokens scored (all tokens of the text)."""
 
 
-def resolve_dtype(dtype):
-    """A torch dtype from a name; ``auto`` is bf16 where matmuls are fast in bf16.
-
-    bf16 is used on CUDA GPUs that support it and on CPUs with native bf16
-    instructions (AVX512-BF16 / AMX), where it is about 5x faster than fp32; fp32
-    elsewhere. fp16 is never chosen automatically: CPUs have no fast fp16 kernels.
-    """
-    import torch
-
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ScorerError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        fast_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        fast_bf16 = False
-    return torch.bfloat16 if fast_bf16 else torch.float32
-
-
 class Scorer:
     """Batched log-likelihood scoring and generation for one causal LM.
 
@@ -107,7 +91,7 @@ class Scorer:
         tokenizer: its tokenizer.
         batch_size: inputs per forward pass.
         dtype: cast the model to this dtype first (in place): a torch dtype, a
-            name from ``DTYPES``, or None to keep it as it is.
+            name from ``tutorlm.hardware.DTYPES`` (``auto``: bf16 where it is fast), or None to keep it as it is.
         max_length: longest input; default the model's ``max_position_embeddings``.
         progress: show a progress bar with items per second.
     """
