@@ -29,27 +29,18 @@ MODEL_FAMILIES: dict[str, str] = {
 # Two layers, hidden size 64: a forward pass costs microseconds, yet every module
 # of the family (attention with grouped KV heads where it has them, MLP, norms,
 # tied or untied head) is exercised.
+_DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
 TINY_CONFIGS: dict[str, dict] = {
-    "llama": {
-        "config_class": "LlamaConfig",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
-        "tie_word_embeddings": False,
-    },
-    "qwen2": {
-        "config_class": "Qwen2Config",
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 2048,
-        "tie_word_embeddings": False,
-    },
+    "llama": {"config_class": "LlamaConfig", **_DECODER},
+    "qwen2": {"config_class": "Qwen2Config", **_DECODER},
     "bloom": {
         "config_class": "BloomConfig",
         "hidden_size": 64,

@@ -62,18 +62,12 @@ class QuantizeConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     """torch threads in every row (None: torch's default, one per core)."""
 
-    @field_validator("methods")
+    @field_validator("methods", "tasks")
     @classmethod
-    def _known_methods(cls, methods: list[str]) -> list[str]:
-        unknown = [name for name in methods if name not in METHODS]
+    def _known_names(cls, names: list[str], info) -> list[str]:
+        known = METHODS if info.field_name == "methods" else COMPARE_TASKS
+        unknown = [name for name in names if name not in known]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-        return methods
-
-    @field_validator("tasks")
-    @classmethod
-    def _known_tasks(cls, tasks: list[str]) -> list[str]:
-        unknown = [name for name in tasks if name not in COMPARE_TASKS]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(COMPARE_TASKS)}")
-        return tasks
+            what = "method(s)" if info.field_name == "methods" else "task(s)"
+            raise ValueError(f"unknown {what} {unknown}; known: {', '.join(known)}")
+        return names
