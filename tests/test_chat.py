@@ -7,7 +7,7 @@ import io
 import sys
 
 import pytest
-from test_serve_support import MOMENTUM, build_notes_index, lively_copy
+from serve_support import MOMENTUM, build_notes_index, lively_copy
 
 from tutorlm.generation import chat
 from tutorlm.layout import tutor_commands
@@ -31,7 +31,7 @@ def notes_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tutor(lively_dir, notes_dir):
-    from test_serve_support import KeywordEmbedder
+    from serve_support import KeywordEmbedder
 
     from tutorlm.rag import load_index
 

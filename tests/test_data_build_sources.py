@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_data_build import small_recipe  # tests/ is on sys.path
+from data_support import small_recipe  # tests/ is on sys.path
 
 from tutorlm.data.build import build_data
 from tutorlm.data.formats import MCQARecord, read_records

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_eval_fakes import preferring_lm, uniform_lm
+from eval_fakes import preferring_lm, uniform_lm
 
 from tutorlm.data.formats import MCQARecord
 from tutorlm.evaluate.mcqa import (

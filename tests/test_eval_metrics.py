@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from test_eval_fakes import preferring_lm, uniform_lm
+from eval_fakes import preferring_lm, uniform_lm
 
 from tutorlm.data.formats import PreferenceRecord, RecordError
 from tutorlm.evaluate.choice import ChoiceItem, choice_completion, read_choice_items

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_eval_fakes import preferring_lm, uniform_lm
+from eval_fakes import preferring_lm, uniform_lm
 
 from tutorlm.evaluate.scorer import Scorer, ScorerError, _rolling_windows, _worth_sharing
 

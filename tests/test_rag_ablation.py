@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_rag_search import KeywordEmbedder  # tests/ is on sys.path
+from rag_support import KeywordEmbedder  # tests/ is on sys.path
 
 from tutorlm.data.formats import MCQARecord
 from tutorlm.evaluate.ablation import (

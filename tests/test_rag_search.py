@@ -5,42 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import pytest
+from rag_support import KeywordEmbedder
 
 from tutorlm.rag import build_index, fuse, load_index
 from tutorlm.rag.bm25 import BM25, TermCounts, tokenize
 from tutorlm.rag.config import IndexSettings
 from tutorlm.rag.store import RagIndexError, load_live
-
-
-class KeywordEmbedder:
-    """Hand-made vectors: how often "alpha", "beta", "gamma", "delta" occur, unit length.
-
-    Records every text it embeds, so tests can tell which chunks were re-embedded.
-    """
-
-    name = "test:keywords"
-    dim = 4
-    WORDS = ("alpha", "beta", "gamma", "delta")
-
-    def __init__(self):
-        self.embedded: list[str] = []
-
-    def embed(self, texts):
-        self.embedded.extend(texts)
-        rows = np.array(
-            [[re.findall(r"\w+", t.lower()).count(w) for w in self.WORDS] for t in texts],
-            dtype=np.float32,
-        ).reshape(len(texts), self.dim)
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        return np.where(norms > 0, rows / np.maximum(norms, 1e-12), 0).astype(np.float32)
-
-    def token_spans(self, text):
-        return [m.span() for m in re.finditer(r"\S+", text)]
-
 
 DOCS = {
     "a.txt": "alpha alpha beta",

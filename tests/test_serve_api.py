@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 import pytest
-from test_serve_support import MOMENTUM, ScriptedEngine, build_notes_index, lively_copy
+from serve_support import MOMENTUM, ScriptedEngine, build_notes_index, lively_copy
 
 from tutorlm.generation import chat, chat_input_ids
 from tutorlm.serve.api import create_app

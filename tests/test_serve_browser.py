@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_serve_support import MOMENTUM, build_notes_index, lively_copy
+from serve_support import MOMENTUM, build_notes_index, lively_copy
 
 from tutorlm.generation import chat
 from tutorlm.serve.api import create_app

@@ -4,7 +4,7 @@ strings, cancellation, deadlines and a full queue, on a tiny random model."""
 from __future__ import annotations
 
 import pytest
-from test_serve_support import lively_copy
+from serve_support import lively_copy
 
 from tutorlm.generation import chat
 from tutorlm.serve.engine import (

@@ -10,7 +10,7 @@ import time
 
 import openai
 import pytest
-from test_serve_support import MOMENTUM, build_notes_index, lively_copy
+from serve_support import MOMENTUM, build_notes_index, lively_copy
 
 from tutorlm.generation import chat
 from tutorlm.serve.api import create_app

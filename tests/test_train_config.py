@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_train_support import load_tiny_recipe, write_run_data
+from train_support import load_tiny_recipe, write_run_data
 
 from tutorlm.hardware import bf16_is_fast
 from tutorlm.recipe import RecipeError, load_recipe, recipe_from_dict

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_train_support import preference_records, sft_records, write_jsonl
+from train_support import preference_records, sft_records, write_jsonl
 
 from tutorlm.logprobs import split_pair
 from tutorlm.train.data import (

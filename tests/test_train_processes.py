@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
-from test_train_support import tiny_recipe_dict, write_run_data
+from train_support import tiny_recipe_dict, write_run_data
 
 REPO = Path(__file__).resolve().parents[1]
 

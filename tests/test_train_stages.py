@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_support import (
+from train_support import (
     load_tiny_recipe,
     preference_records,
     sft_records,

@@ -1,6 +1,6 @@
 """Helpers shared by the serving and chat tests (no tests of its own).
 
-Imported as ``from test_serve_support import ...``: pytest puts ``tests/`` on the
+Imported as ``from serve_support import ...``: pytest puts ``tests/`` on the
 path. A tiny model whose greedy replies differ from prompt to prompt, three small
 Markdown notes indexed with hand-made keyword vectors, and an engine whose reply
 is scripted, so a test can make an answer cite ``[1]``.

@@ -1,0 +1,37 @@
+"""Helpers shared by the retrieval tests (no tests of its own): an embedder whose
+vectors are hand-made, so a test knows every cosine exactly.
+
+Imported as ``from rag_support import ...``: pytest puts ``tests/`` on the path.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+
+class KeywordEmbedder:
+    """Hand-made vectors: how often "alpha", "beta", "gamma", "delta" occur, unit length.
+
+    Records every text it embeds, so tests can tell which chunks were re-embedded.
+    """
+
+    name = "test:keywords"
+    dim = 4
+    WORDS = ("alpha", "beta", "gamma", "delta")
+
+    def __init__(self):
+        self.embedded: list[str] = []
+
+    def embed(self, texts):
+        self.embedded.extend(texts)
+        rows = np.array(
+            [[re.findall(r"\w+", t.lower()).count(w) for w in self.WORDS] for t in texts],
+            dtype=np.float32,
+        ).reshape(len(texts), self.dim)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        return np.where(norms > 0, rows / np.maximum(norms, 1e-12), 0).astype(np.float32)
+
+    def token_spans(self, text):
+        return [m.span() for m in re.finditer(r"\S+", text)]
