@@ -116,7 +116,7 @@ def test_implicit_reward_and_the_tie_rule_for_floats_and_tensors():
 
 def test_training_logs_and_evaluation_count_tied_pairs_alike(tokenizer):
     """Rewards within the tolerance of each other are wrong pairs on both sides."""
-    from test_eval_fakes import preferring_lm, uniform_lm
+    from eval_fakes import preferring_lm, uniform_lm
 
     from tutorlm.evaluate.reward import reward_accuracy
     from tutorlm.evaluate.scorer import Scorer
