@@ -1,0 +1,330 @@
+"""The routes of the API and the page, one router per purpose.
+
+Each route finds what it serves on ``request.app.state`` (``tutor``, ``config``,
+``api_key``, ``started``), set once by :func:`tutorlm.serve.api.create_app`. The API
+key is a dependency of the routers that need it, so no route can forget it:
+``/v1/...`` answers 401 with ``WWW-Authenticate: Bearer``, the page asks the browser
+for HTTP Basic credentials (any user name, the key as password), and ``/health``
+stays open for load balancers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import secrets
+import time
+import uuid
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from tutorlm.serve.config import ServeConfig
+from tutorlm.serve.engine import EngineBusy, EngineError, GenerationRequest
+from tutorlm.serve.schema import ApiError, parse_request
+from tutorlm.serve.tutor import ConversationError, Tutor, citation_records
+
+PAGE_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# -- the API key, as dependencies ---------------------------------------------------------
+
+
+def _presented_key(request: Request) -> str | None:
+    """The key from ``Authorization: Bearer KEY`` or HTTP Basic (any user, password KEY).
+
+    Basic lets a browser reach the page: it asks for the key once and then sends it
+    with every request to the server, the page's API calls included.
+    """
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2]
+    return None
+
+
+def _check_key(request: Request, *, page: bool) -> None:
+    api_key = request.app.state.api_key
+    if not api_key:
+        return
+    presented = _presented_key(request)
+    if presented is not None and secrets.compare_digest(presented.encode(), api_key.encode()):
+        return
+    challenge = 'Basic realm="tutorlm"' if page else "Bearer"
+    message = (
+        "this page needs the server's API key (user name: anything, password: the key)"
+        if page
+        else "missing or wrong API key: send the header 'Authorization: Bearer KEY'"
+    )
+    raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": challenge})
+
+
+async def require_api_key(request: Request) -> None:
+    """401 with a Bearer challenge unless the request carries the server's key."""
+    _check_key(request, page=False)
+
+
+async def require_page_key(request: Request) -> None:
+    """401 with a Basic challenge (the browser asks for the key) unless it is given."""
+    _check_key(request, page=True)
+
+
+async def served_tutor(request: Request) -> Tutor:
+    """The tutor this app serves."""
+    return request.app.state.tutor
+
+
+ServedTutor = Annotated[Tutor, Depends(served_tutor)]
+
+
+def _check_model(model_id: str, tutor: Tutor) -> None:
+    if model_id != tutor.name:
+        raise ApiError(
+            404,
+            f"model {model_id!r} is not served here; this server serves {tutor.name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+# -- health, models, page -------------------------------------------------------------------
+
+health = APIRouter()
+models = APIRouter(dependencies=[Depends(require_api_key)])
+page = APIRouter(dependencies=[Depends(require_page_key)])
+chat = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@health.get("/health")
+async def health_check(tutor: ServedTutor):
+    """Open to all: liveness, the model, whether notes are on, requests in progress."""
+    return {
+        "status": "ok",
+        "model": tutor.name,
+        "rag": tutor.index is not None,
+        "in_progress": getattr(tutor.engine, "load", 0),
+    }
+
+
+def _model_card(request: Request) -> dict:
+    started = request.app.state.started
+    name = request.app.state.tutor.name
+    return {"id": name, "object": "model", "created": started, "owned_by": "tutorlm"}
+
+
+@models.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [_model_card(request)]}
+
+
+@models.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request, tutor: ServedTutor):
+    _check_model(model_id, tutor)
+    return _model_card(request)
+
+
+@page.get("/")
+async def page_index():
+    return _page_file("index.html")
+
+
+@page.get("/static/{name}")
+async def page_static(name: str):
+    return _page_file(name)
+
+
+def _page_file(name: str) -> Response:
+    if name not in PAGE_FILES:
+        raise ApiError(404, f"no page file {name!r}")
+    content = (resources.files("tutorlm.serve") / "static" / name).read_bytes()
+    return Response(content, media_type=PAGE_FILES[name], headers=PAGE_HEADERS)
+
+
+# -- chat completions -----------------------------------------------------------------------
+
+
+def _sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@chat.post("/v1/chat/completions")
+async def chat_completions(request: Request, tutor: ServedTutor):
+    """One reply, whole or streamed as server-sent events."""
+    config: ServeConfig = request.app.state.config
+    deadline = time.monotonic() + config.request_timeout_s
+    body = parse_request(await request.body())
+    _check_model(body.model, tutor)
+    max_tokens = body.max_completion_tokens or body.max_tokens or config.default_max_tokens
+    if max_tokens > config.max_tokens_limit:
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(
+            400,
+            f"{field}: {max_tokens} is above this server's limit of {config.max_tokens_limit}",
+            param=field,
+            code="max_tokens_too_large",
+        )
+    conversation = [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.content}
+        for m in body.messages
+    ]
+    loop = asyncio.get_running_loop()
+
+    def start():  # retrieval and tokenization off the event loop
+        prepared = tutor.prepare(conversation, mode=body.mode, use_rag=body.rag)
+        prompt_tokens = tutor.engine.count_prompt_tokens(prepared.messages)
+        if prompt_tokens > config.max_prompt_tokens:
+            raise ApiError(
+                400,
+                f"the prompt is {prompt_tokens} tokens (with the tutor's system prompt and "
+                f"notes); this server accepts at most {config.max_prompt_tokens}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        window = getattr(tutor.engine, "context_window", None)
+        if window is not None and prompt_tokens + max_tokens > window:
+            raise ApiError(
+                400,
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is "
+                f"more than the model's context window of {window} tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        generation = GenerationRequest(
+            messages=prepared.messages,
+            max_tokens=max_tokens,
+            temperature=config.temperature if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            stop=body.stop,
+            deadline=deadline,
+        )
+        return prepared, tutor.engine.submit(generation, loop)
+
+    try:
+        prepared, stream = await asyncio.to_thread(start)
+    except ConversationError as error:
+        raise ApiError(400, f"messages: {error}", param="messages") from None
+    except EngineBusy as error:
+        raise ApiError(503, str(error), code="server_busy", headers={"Retry-After": "1"}) from None
+    reply_id = f"chatcmpl-{uuid.uuid4().hex}"
+    base = {"id": reply_id, "created": int(time.time()), "model": tutor.name}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream_events(stream, prepared, base, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    watcher = asyncio.create_task(_cancel_when_gone(request, stream))
+    try:
+        text = "".join([piece async for piece in stream])
+    except EngineBusy as error:
+        raise ApiError(503, str(error), code="server_busy", headers={"Retry-After": "1"}) from None
+    except EngineError as error:
+        raise ApiError(502, str(error), code="generation_failed") from None
+    finally:
+        watcher.cancel()
+        stream.cancel()
+    finish = stream.finish
+    return {
+        **base,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish.reason,
+            }
+        ],
+        "usage": _usage(finish),
+        "mode": prepared.mode,
+        "citations": citation_records(prepared.sources, text),
+    }
+
+
+async def _cancel_when_gone(request: Request, stream, every_s: float = 0.25) -> None:
+    """Stop generating a whole (non-streamed) reply whose client has disconnected.
+
+    A streamed reply notices by itself: sending to a closed connection ends it.
+    """
+    while stream.finish is None:
+        if await request.is_disconnected():
+            stream.cancel()
+            return
+        await asyncio.sleep(every_s)
+
+
+def _usage(finish) -> dict:
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.completion_tokens,
+        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+    }
+
+
+async def _stream_events(stream, prepared, base: dict, include_usage: bool):
+    """OpenAI's chunk sequence: role, content pieces, the finish, usage, ``[DONE]``.
+
+    The first and the last chunk carry ``citations``: first the notes given (so a
+    page can show them at once), last the same notes marked with what was cited.
+    An error after the stream has started is sent as an ``error`` event.
+    """
+
+    def chunk(delta: dict, finish_reason=None, **extra) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return _sse({**base, "object": "chat.completion.chunk", "choices": [choice], **extra})
+
+    pieces: list[str] = []
+    try:
+        yield chunk(
+            {"role": "assistant", "content": ""},
+            mode=prepared.mode,
+            citations=citation_records(prepared.sources, ""),
+        )
+        async for piece in stream:
+            pieces.append(piece)
+            yield chunk({"content": piece})
+        text = "".join(pieces)
+        yield chunk(
+            {},
+            stream.finish.reason,
+            citations=citation_records(prepared.sources, text),
+        )
+        if include_usage:
+            yield _sse(
+                {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": _usage(stream.finish),
+                }
+            )
+    except EngineError as error:
+        code = "server_busy" if isinstance(error, EngineBusy) else "generation_failed"
+        yield _sse(
+            {"error": {"message": str(error), "type": "server_error", "param": None, "code": code}}
+        )
+    finally:
+        stream.cancel()
+    yield _sse("[DONE]")
