@@ -30,21 +30,11 @@ def tokenizer(smollm_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def model(tiny_model_dir):
+    """conftest's tiny random Llama over the bundled tokenizer, in fp32."""
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
 def test_the_reply_starts_after_the_opened_assistant_turn(tokenizer):

@@ -28,6 +28,11 @@ def recipe_with(train: dict):
         ({"dpo": {"loss_type": "ipo"}}, "use train.loss"),
         ({"sft": {"output_dir": "x"}}, "tutorlm writes to <run_dir>/sft and <run_dir>/dpo"),
         ({"sft": {"packing": True}}, "'packing' cannot be set in train.sft"),
+        ({"sft": {"loss_type": "dft"}}, "tutorlm's SFT loss is the mean NLL of assistant tokens"),
+        (
+            {"dpo": {"activation_offloading": True}},
+            "tutorlm's trainers (transformers.Trainer) do not",
+        ),
         ({"loss": "dpo", "eps": 0.2}, "has no effect with loss 'dpo'"),
         ({"loss": "robust", "eps": 0.5}, "loss 'robust' needs eps < 0.5"),
     ],

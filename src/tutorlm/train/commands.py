@@ -49,39 +49,40 @@ def _report(result, model_name: str) -> None:
     )
 
 
-def _run_sft(args: argparse.Namespace) -> int:
-    from tutorlm.models import apply_offline_env
-    from tutorlm.recipe import load_recipe
+def _run(stage: str, label: str):
+    """The command's function for one stage: run it on the recipe, report the model."""
 
-    apply_offline_env()
-    _log_to_stderr()
-    from tutorlm.train.sft import train_sft
+    def run(args: argparse.Namespace) -> int:
+        from tutorlm.models import apply_offline_env
+        from tutorlm.recipe import load_recipe
 
-    result = train_sft(load_recipe(args.recipe, args.overrides), resume=args.resume)
-    _report(result, "M1")
-    return 0
+        apply_offline_env()
+        _log_to_stderr()
+        from tutorlm.train.runner import run_stage
+
+        spec = _spec(stage)
+        result = run_stage(spec, load_recipe(args.recipe, args.overrides), resume=args.resume)
+        _report(result, label)
+        return 0
+
+    return run
 
 
-def _run_dpo(args: argparse.Namespace) -> int:
-    from tutorlm.models import apply_offline_env
-    from tutorlm.recipe import load_recipe
-
-    apply_offline_env()
-    _log_to_stderr()
-    from tutorlm.train.dpo import train_dpo
-
-    result = train_dpo(load_recipe(args.recipe, args.overrides), resume=args.resume)
-    _report(result, "M2")
-    return 0
+def _spec(stage: str):
+    if stage == "sft":
+        from tutorlm.train.sft import SFT as spec
+    else:
+        from tutorlm.train.dpo import DPO as spec
+    return spec
 
 
 SFT = Command(
     help="LoRA SFT of the recipe's model on its SFT records -> M1 (<run_dir>/sft/merged)",
     configure=_configure,
-    run=_run_sft,
+    run=_run("sft", "M1"),
 )
 DPO = Command(
     help="DPO / cDPO / IPO on preference pairs from M1 (or M0) -> M2 (<run_dir>/dpo/merged)",
     configure=_configure,
-    run=_run_dpo,
+    run=_run("dpo", "M2"),
 )

@@ -31,6 +31,23 @@ _OWNED_BY_TUTORLM = {
     "assistant_only_loss": "tutorlm always trains SFT on assistant turns only",
     "completion_only_loss": "tutorlm always trains SFT on assistant turns only",
     "chat_template_path": "the model's own chat template is used and saved with it",
+    "loss_type": "tutorlm's SFT loss is the mean NLL of assistant tokens",
+    **dict.fromkeys(
+        (
+            "activation_offloading",
+            "dataset_num_proc",
+            "eos_token",
+            "eval_packing",
+            "packing_strategy",
+            "pad_to_multiple_of",
+            "pad_token",
+            "router_aux_loss_coef",
+            "shuffle_dataset",
+            "truncation_mode",
+            "trust_remote_code",
+        ),
+        "a TRL trainer option; tutorlm's trainers (transformers.Trainer) do not read it",
+    ),
 }
 _DPO_OWNED = {
     "beta": "use train.beta",

@@ -72,18 +72,6 @@ def _with_reference(model, cfg, args, train_set, val_set, collator):
     return train_set, val_set
 
 
-def _collator(pad_token_id: int):
-    from tutorlm.train.data import PreferenceCollator
-
-    return PreferenceCollator(pad_token_id=pad_token_id)
-
-
-def _trainer():
-    from tutorlm.train.trainers import TutorDPOTrainer
-
-    return TutorDPOTrainer
-
-
 DPO = StageSpec(
     name="dpo",
     records="preference",
@@ -91,8 +79,8 @@ DPO = StageSpec(
     val_file="prefs.val.jsonl",
     start=starting_model,
     lora=lambda cfg: cfg.dpo_lora or cfg.lora,
-    collator=_collator,
-    trainer=_trainer,
+    collator="PreferenceCollator",
+    trainer="TutorDPOTrainer",
     trainer_options=lambda cfg: {
         "loss_name": cfg.loss,
         "eps": cfg.eps,

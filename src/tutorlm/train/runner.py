@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tutorlm.recipe import Recipe
 from tutorlm.train.config import LoraSettings, TrainConfig
@@ -34,8 +33,9 @@ class StageSpec:
         val_file: the optional validation file's name.
         start: the model it starts from (raises ``TrainError`` when missing).
         lora: the adapter it trains.
-        collator: its batch collator, given the pad token id.
-        trainer: its trainer class.
+        collator: its collator class in ``tutorlm.train.data``.
+        trainer: its trainer class in ``tutorlm.train.trainers`` (both imported when
+            the stage runs: transformers is slow to import).
         trainer_options: extra keyword arguments of the trainer.
         info: settings written into ``train_summary.json``.
         before_training: turns ``(model, cfg, args, train_set, val_set, collator)`` into the
@@ -48,8 +48,8 @@ class StageSpec:
     val_file: str
     start: Callable[[Recipe], Path]
     lora: Callable[[TrainConfig], LoraSettings]
-    collator: Callable[[int], Any]
-    trainer: Callable[[], type]
+    collator: str
+    trainer: str
     trainer_options: Callable[[TrainConfig], dict] = lambda cfg: {}
     info: Callable[[TrainConfig], dict] = lambda cfg: {}
     before_training: Callable | None = None
@@ -75,7 +75,7 @@ def run_stage(
     from accelerate import PartialState
 
     from tutorlm.hardware import apply_threads
-    from tutorlm.train import data, modeling, stage
+    from tutorlm.train import data, modeling, stage, trainers
     from tutorlm.train.trl_args import build_args
 
     cfg, name = recipe.train, spec.name
@@ -97,7 +97,7 @@ def run_stage(
     ]
     prepared = sets[0][1]
     train_set, val_set = sets[0][0], sets[1][0] if len(sets) > 1 else None
-    collator = spec.collator(tokenizer.pad_token_id)
+    collator = getattr(data, spec.collator)(pad_token_id=tokenizer.pad_token_id)
     if spec.before_training is not None:
         train_set, val_set = spec.before_training(model, cfg, args, train_set, val_set, collator)
     fingerprint = stage.fingerprint(recipe, name, base_path, files)
@@ -127,7 +127,7 @@ def run_stage(
         {"stage": name, "base_model": str(base_path), "fingerprint": fingerprint},
         main_process=main,
     )
-    trainer = spec.trainer()(
+    trainer = getattr(trainers, spec.trainer)(
         model=model,
         args=args,
         data_collator=collator,

@@ -15,19 +15,6 @@ from tutorlm.recipe import Recipe
 from tutorlm.train.runner import StageSpec, run_stage
 from tutorlm.train.stage import StageResult
 
-
-def _collator(pad_token_id: int):
-    from tutorlm.train.data import SFTCollator
-
-    return SFTCollator(pad_token_id=pad_token_id)
-
-
-def _trainer():
-    from tutorlm.train.trainers import TutorSFTTrainer
-
-    return TutorSFTTrainer
-
-
 SFT = StageSpec(
     name="sft",
     records="sft",
@@ -35,8 +22,8 @@ SFT = StageSpec(
     val_file="sft.val.jsonl",
     start=lambda recipe: resolve_model(recipe.model),
     lora=lambda cfg: cfg.lora,
-    collator=_collator,
-    trainer=_trainer,
+    collator="SFTCollator",
+    trainer="TutorSFTTrainer",
 )
 """The SFT stage: the recipe's model, its SFT records, ``train.lora``."""
 
