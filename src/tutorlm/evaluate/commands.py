@@ -241,22 +241,22 @@ def _run_rag(args: argparse.Namespace) -> int:
 
 
 EVAL = Command(
-    help="evaluate a model on a recipe's tasks: MCQA, reward accuracy, BLEU/ROUGE, perplexity",
-    configure=_configure_recipe,
-    run=_run_recipe,
+    "evaluate a model on a recipe's tasks: MCQA, reward accuracy, BLEU/ROUGE, perplexity",
+    _configure_recipe,
+    _run_recipe,
 )
 EVAL_FILES = Command(
-    help="evaluate a model on files given directly (MCQA, preferences, text, choices)",
-    configure=_configure_files,
-    run=_run_files,
+    "evaluate a model on files given directly (MCQA, preferences, text, choices)",
+    _configure_files,
+    _run_files,
 )
 EVAL_COMPARE = Command(
-    help="compare results.json files: models in rows, metrics in columns",
-    configure=_configure_compare,
-    run=_run_compare,
+    "compare results.json files: models in rows, metrics in columns",
+    _configure_compare,
+    _run_compare,
 )
 EVAL_RAG = Command(
-    help="the retrieval ablation: MCQA with and without notes, for each k and chunk size",
-    configure=_configure_rag,
-    run=_run_rag,
+    "the retrieval ablation: MCQA with and without notes, for each k and chunk size",
+    _configure_rag,
+    _run_rag,
 )

@@ -141,17 +141,11 @@ def _run_ask(args: argparse.Namespace) -> int:
 
 
 BUILD = Command(
-    help="index Markdown, text and PDF files for retrieval (incremental)",
-    configure=_configure_build,
-    run=_run_build,
+    "index Markdown, text and PDF files for retrieval (incremental)", _configure_build, _run_build
 )
 SEARCH = Command(
-    help="show the chunks an index retrieves for a query, with scores",
-    configure=_configure_search,
-    run=_run_search,
+    "show the chunks an index retrieves for a query, with scores", _configure_search, _run_search
 )
 ASK = Command(
-    help="answer a question from retrieved course notes, citing them",
-    configure=_configure_ask,
-    run=_run_ask,
+    "answer a question from retrieved course notes, citing them", _configure_ask, _run_ask
 )

@@ -271,12 +271,12 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 CHAT = Command(
-    help="chat with the tutor in the terminal, streamed, citing notes with --rag",
-    configure=_configure_chat,
-    run=_run_chat,
+    "chat with the tutor in the terminal, streamed, citing notes with --rag",
+    _configure_chat,
+    _run_chat,
 )
 SERVE = Command(
-    help="serve the tutor: OpenAI-compatible API, streaming, and a chat page",
-    configure=_configure_serve,
-    run=_run_serve,
+    "serve the tutor: OpenAI-compatible API, streaming, and a chat page",
+    _configure_serve,
+    _run_serve,
 )
