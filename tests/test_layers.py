@@ -16,8 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tutorlm"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("layout", "hardware", "commands", "cli_flags"),
-    ("contract", "data.formats"),
+    ("layout", "hardware", "cli_flags"),
+    ("contract", "data.formats", "commands"),
     ("models", "prompts", "templates", "generation", "logprobs"),
     ("recipe", "smoke"),
     ("data", "train", "evaluate", "quantize", "rag", "serve", "report", "model_commands"),

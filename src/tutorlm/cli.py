@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from tutorlm import __version__
+from tutorlm.cli_flags import apply_online
 from tutorlm.commands import Command
 from tutorlm.data import commands as data_commands
 from tutorlm.errors import TutorlmError
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"tutorlm {name}", description=command.help)
     command.configure(parser)
     args = parser.parse_args(rest)
+    apply_online(args)
     try:
         status = command.run(args)
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tutorlm.cli_flags import add_online_flag
+
 
 @dataclass(frozen=True)
 class Command:
@@ -21,7 +23,9 @@ class Command:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """The recipe file and its ``key=value`` overrides, shared by recipe-driven commands."""
+    """The recipe file, its ``key=value`` overrides and ``--online`` (a recipe's model or
+    data may be a hub id), shared by recipe-driven commands."""
+    add_online_flag(parser)
     parser.add_argument("recipe", help="recipe YAML file, e.g. recipes/demo.yaml")
     parser.add_argument(
         "overrides",

@@ -67,3 +67,20 @@ def stream_chat(
 def chat(model, tokenizer, messages: list[dict], **kwargs) -> str:
     """The whole assistant reply as one string."""
     return "".join(stream_chat(model, tokenizer, messages, **kwargs))
+
+
+def print_chat(model, tokenizer, messages: list[dict], *, out=None, **kwargs) -> str:
+    """Stream the reply to ``out`` (stdout) as it is generated, end the line; return it.
+
+    ``kwargs`` are :func:`stream_chat`'s (``max_new_tokens``, ``temperature``).
+    """
+    import sys
+
+    out = out or sys.stdout
+    pieces = []
+    for piece in stream_chat(model, tokenizer, messages, **kwargs):
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return "".join(pieces)

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
+from tutorlm.cli_flags import add_online_flag
 from tutorlm.commands import Command
 from tutorlm.models import BUNDLED
 
 
-def _add_online(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--online",
-        action="store_true",
-        default=None,
-        help="allow downloads from the model hub (default: offline; or TUTORLM_ONLINE=1)",
-    )
-
-
 def _configure_prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", default=BUNDLED, help=f"model spec (default {BUNDLED})")
-    _add_online(parser)
+    add_online_flag(parser)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -48,27 +39,20 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0 means greedy decoding (default)"
     )
-    _add_online(parser)
+    add_online_flag(parser)
 
 
 def _run_ask(args: argparse.Namespace) -> int:
-    from tutorlm.generation import stream_chat
+    from tutorlm.generation import print_chat
     from tutorlm.models import load_model
 
     model, tokenizer = load_model(args.spec, online=args.online)
     messages = [{"role": "user", "content": args.question}]
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})
-    for piece in stream_chat(
-        model,
-        tokenizer,
-        messages,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-    ):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    print_chat(
+        model, tokenizer, messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+    )
     return 0
 
 

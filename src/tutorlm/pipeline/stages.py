@@ -102,18 +102,20 @@ def _run_quantize(recipe: Recipe, state: PipelineState) -> StageOutcome:
 
 
 def _run_rag(recipe: Recipe, state: PipelineState) -> StageOutcome:
-    from tutorlm.evaluate.ablation import notes_questions, run_recipe_ablation
+    from tutorlm.evaluate.ablation import recipe_notes_questions, run_recipe_ablation
     from tutorlm.rag.index import build_index
 
     layout, settings = recipe.layout, recipe.rag
     build_index(list(settings.sources), layout.index, settings=settings.index_settings())
-    records = notes_questions(layout.data("mcqa.test.jsonl"), recipe.eval.max_questions)
+    records = recipe_notes_questions(recipe)
     if not records:
         return StageOutcome(
             summary="index built; no MCQA test questions from the notes, so no ablation",
             outputs=[layout.index],
         )
-    table = run_recipe_ablation(recipe, layout.model("M2"), records, layout.rag_dir)
+    table = run_recipe_ablation(
+        recipe, layout.model("M2"), records, layout.rag_dir, log=lambda line: None
+    )
     best = max(table.rows[1:], key=lambda row: row.accuracy.value, default=None)
     summary = f"{len(records)} notes questions; no retrieval {table.rows[0].accuracy.value:.3f}"
     if best is not None:

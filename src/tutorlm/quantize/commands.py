@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tutorlm.cli_flags import add_online_flag
 from tutorlm.commands import Command
 
 
@@ -27,7 +28,7 @@ def _add_recipe(parser: argparse.ArgumentParser) -> None:
         help="dotted recipe overrides, e.g. quantize.repeats=5",
     )
     parser.add_argument("--model", help="model spec, model directory or LoRA adapter directory")
-    parser.add_argument("--online", action="store_true", default=None, help="allow hub downloads")
+    add_online_flag(parser)
 
 
 def _recipe(args: argparse.Namespace):

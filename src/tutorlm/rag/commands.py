@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 
 from tutorlm.cli_flags import add_config_flags, add_online_flag, apply_online, given, validated
@@ -99,7 +98,7 @@ def _configure_ask(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_ask(args: argparse.Namespace) -> int:
-    from tutorlm.generation import stream_chat
+    from tutorlm.generation import print_chat
     from tutorlm.models import load_model
     from tutorlm.rag.prompt import build_rag_messages, cited_sources
     from tutorlm.rag.retrieve import load_index
@@ -115,19 +114,10 @@ def _run_ask(args: argparse.Namespace) -> int:
         for message in messages:
             print(f"--- {message['role']}\n{message['content']}")
         print("--- assistant")
-    pieces = []
-    for piece in stream_chat(
-        model,
-        tokenizer,
-        messages,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-    ):
-        pieces.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    print()
-    cited = cited_sources("".join(pieces), sources)
+    answer = print_chat(
+        model, tokenizer, messages, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+    )
+    cited = cited_sources(answer, sources)
     if cited:
         print("\nSources cited:")
         shown = cited
