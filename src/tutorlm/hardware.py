@@ -72,6 +72,20 @@ def auto_dtype():
     return torch.float16 if torch.cuda.is_available() else torch.float32
 
 
+def generation_dtype(device: str):
+    """The dtype a model generates text in on ``device``.
+
+    Half precision on a CUDA GPU (bf16 where supported, else fp16); fp32 on a CPU:
+    decoding one token at a time is bound by reading weights, where a CPU's bf16
+    kernels gain nothing over fp32 (``docs/benchmarks.md``, serving).
+    """
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def resolve_dtype(dtype):
     """A torch dtype from a name in :data:`DTYPES` (``None`` and torch dtypes pass through).
 

@@ -203,9 +203,9 @@ def load_serving_model(
     with ``use_safetensors=True`` so that no pickle file is ever unpickled, and a
     directory without safetensors weights is refused with a message.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tutorlm.hardware import auto_device, generation_dtype
     from tutorlm.models import apply_offline_env, resolve_model
 
     apply_offline_env(online)
@@ -216,11 +216,11 @@ def load_serving_model(
             "(pickle files can run code when loaded). Convert the checkpoint first."
         )
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = auto_device()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path,
-        dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+        dtype=generation_dtype(device),
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
