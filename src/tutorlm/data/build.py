@@ -289,6 +289,21 @@ def _leaves_rows(rows: list, clean: list, rule: str, file: str) -> list:
     return clean
 
 
+def _drop_matching(built, training, stats, matches, reason: str) -> dict[str, int]:
+    """Drop the training rows whose record ``matches``; count them by file and source."""
+    dropped: dict[str, int] = {}
+    for file, stem, split in training:
+        rows, clean = built[stem][split], []
+        for row in rows:
+            if matches(row.record):
+                stats[row.source].drop(reason)
+                dropped[file] = dropped.get(file, 0) + 1
+            else:
+                clean.append(row)
+        built[stem][split] = _leaves_rows(rows, clean, reason, file)
+    return dropped
+
+
 def _decontaminate(built, outputs, data, stats) -> dict:
     """Drop train/val rows that ask a test question verbatim (always), then those that
     share an n-gram with an eval set (``data.decontaminate``); returns the eval files
@@ -311,32 +326,14 @@ def _decontaminate(built, outputs, data, stats) -> dict:
         index.add_file(path)
         questions.add_file(path)
         eval_files.append(Path(path).name)
-    removed: dict[str, int] = {}
-    leaked: dict[str, int] = {}
-    for file, stem, split in training:
-        rows, clean = built[stem][split], []
-        for row in rows:
-            if questions.match(row.record):
-                stats[row.source].drop("test_question")
-                leaked[file] = leaked.get(file, 0) + 1
-            else:
-                clean.append(row)
-        built[stem][split] = _leaves_rows(rows, clean, "test_question", file)
-    result = {"eval_sets": eval_files, "removed": removed, "test_questions": leaked}
+    leaked = _drop_matching(built, training, stats, questions.match, "test_question")
+    result = {"eval_sets": eval_files, "removed": {}, "test_questions": leaked}
     if not data.decontaminate:
         return result
     for _, stem, split in training:
         for row in built[stem][split]:
             index.note_training(row.record, row.group)
-    for file, stem, split in training:
-        rows, clean = built[stem][split], []
-        for row in rows:
-            if index.match(row.record):
-                stats[row.source].drop("decontaminated")
-                removed[file] = removed.get(file, 0) + 1
-            else:
-                clean.append(row)
-        built[stem][split] = _leaves_rows(rows, clean, "decontaminate", file)
+    result["removed"] = _drop_matching(built, training, stats, index.match, "decontaminated")
     return result
 
 

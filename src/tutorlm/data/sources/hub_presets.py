@@ -292,24 +292,18 @@ PRESETS: dict[str, HubPreset] = {
         "ProbLLMs",
     ),
     # MCQA and evaluation sets
-    "arc_easy": HubPreset(
-        "allenai/ai2_arc",
-        "mc",
-        {"id": "id", "question": "question", "choices": "choices", "label": "answerKey"},
-        "arc",
-        "ZEPHYR, ProbLLMs",
-        config="ARC-Easy",
-        converter="arc",
-    ),
-    "arc_challenge": HubPreset(
-        "allenai/ai2_arc",
-        "mc",
-        {"id": "id", "question": "question", "choices": "choices", "label": "answerKey"},
-        "arc",
-        "ZEPHYR, ProbLLMs",
-        config="ARC-Challenge",
-        converter="arc",
-    ),
+    **{
+        f"arc_{level.lower()}": HubPreset(
+            "allenai/ai2_arc",
+            "mc",
+            {"id": "id", "question": "question", "choices": "choices", "label": "answerKey"},
+            "arc",
+            "ZEPHYR, ProbLLMs",
+            config=f"ARC-{level}",
+            converter="arc",
+        )
+        for level in ("Easy", "Challenge")
+    },
     "mmlu": HubPreset(
         "cais/mmlu",
         "mc",
