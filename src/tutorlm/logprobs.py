@@ -14,10 +14,10 @@ so each is made here and nowhere else:
   ``beta * (log pi(y|x) - log ref(y|x))`` and when a pair counts as correct
   (:func:`implicit_reward`, :func:`prefers_chosen`, :data:`TIE_TOLERANCE`).
 
-:func:`scored_logps` goes through the model's own forward (``logits_to_keep=1``,
-``output_hidden_states=True``), so PEFT, DDP, FSDP and DeepSpeed wrappers see the
-call they expect (DDP's gradient reduction is armed by its forward), and only the
-positions a loss reads are projected through the output head.
+:func:`scored_logps` goes through the model's own forward (``logits_to_keep=1``), so
+PEFT, DDP, FSDP and DeepSpeed wrappers see the call they expect (DDP's gradient
+reduction is armed by its forward), and only the positions a loss reads are projected
+through the output head.
 """
 
 from __future__ import annotations
@@ -183,20 +183,23 @@ class ScoredTokens:
         return sums, self.mask.sum(dim=1)
 
 
-def _output_head(model):
-    """The output layer of a causal LM, through PEFT and DDP / FSDP / DeepSpeed wrappers."""
+def _language_model(model):
+    """The causal LM inside PEFT and DDP / FSDP / DeepSpeed wrappers."""
     inner = getattr(model, "module", model)  # DDP and DeepSpeed engines keep it in .module
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return inner.get_output_embeddings()
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
 
 
 def scored_logps(model, input_ids, attention_mask, score_mask) -> ScoredTokens:
     """log pi of the tokens ``input_ids[:, 1:]`` where ``score_mask[:, 1:]`` is true.
 
-    The model's forward runs once, reading no logits but the last position's; the
-    final hidden states of the scored positions go through the output head in
-    chunks (:func:`token_logps`).
+    The backbone (``base_model_prefix`` of the PEFT base model) gives the final hidden
+    states, and those of the scored positions go through the output head in chunks
+    (:func:`token_logps`). A model inside a DDP / FSDP / DeepSpeed wrapper (``.module``)
+    runs through the wrapper's forward instead (DDP arms its gradient reduction
+    there), reading no logits but the last position's, and a forward hook on the
+    backbone takes its hidden states. Calling the backbone alone is the fast path: the
+    full causal-LM forward costs about half a step more per DPO step on a CPU
+    (docs/benchmarks.md, Training).
 
     Args:
         model: a causal LM, possibly wrapped (PEFT, DDP, FSDP, DeepSpeed).
@@ -204,16 +207,28 @@ def scored_logps(model, input_ids, attention_mask, score_mask) -> ScoredTokens:
         attention_mask: ``(B, T)``, 1 on real tokens.
         score_mask: ``(B, T)``, true on the tokens whose probability is wanted.
     """
-    output = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        logits_to_keep=1,
-        output_hidden_states=True,
-        use_cache=False,
+    language_model = _language_model(model)
+    backbone = getattr(language_model, language_model.base_model_prefix)
+    if not hasattr(model, "module"):  # PEFT or plain: the backbone alone is the cheaper call
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        return _score(language_model, hidden, input_ids, score_mask)
+    captured = []
+    hook = backbone.register_forward_hook(
+        lambda _module, _inputs, output: captured.append(output.last_hidden_state)
     )
-    hidden = output.hidden_states[-1]  # (B, T, H), after the final norm
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    finally:
+        hook.remove()
+    return _score(language_model, captured[-1], input_ids, score_mask)
+
+
+def _score(language_model, hidden, input_ids, score_mask) -> ScoredTokens:
+    """The scored positions' final hidden states ``(B, T, H)`` through the output head."""
     mask = score_mask[:, 1:].bool()  # (B, T-1)
-    weight = _output_head(model).weight
+    weight = language_model.get_output_embeddings().weight
     if hasattr(weight, "full_tensor"):  # FSDP2 shards parameters as DTensors
         weight = weight.full_tensor()
     logps = token_logps(hidden[:, :-1][mask], weight, input_ids[:, 1:][mask])

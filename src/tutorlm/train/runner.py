@@ -102,7 +102,9 @@ def run_stage(
         train_set, val_set = spec.before_training(model, cfg, args, train_set, val_set, collator)
     fingerprint = stage.fingerprint(recipe, name, base_path, files)
     checkpoint = (
-        stage.start_output_dir(output_dir, resume=resume, fingerprint=fingerprint) if main else None
+        stage.start_output_dir(recipe, name, resume=resume, fingerprint=fingerprint)
+        if main
+        else None
     )
     PartialState().wait_for_everyone()
     if not main and resume:

@@ -111,7 +111,9 @@ def fingerprint(recipe: Recipe, stage: str, base_path: Path, data_files: list[Pa
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def start_output_dir(output_dir: Path, *, resume: bool, fingerprint: str | None = None):
+def start_output_dir(
+    recipe: Recipe, stage: str, *, resume: bool, fingerprint: str | None = None
+) -> Path | None:
     """Make the stage's directory ready; returns the checkpoint to resume from, if any.
 
     Without ``resume`` an earlier run's checkpoints and metrics are removed, so
@@ -119,6 +121,7 @@ def start_output_dir(output_dir: Path, *, resume: bool, fingerprint: str | None 
     after the checkpoint (by the killed run) are dropped; checkpoints of a run
     with another ``fingerprint`` are not resumed from.
     """
+    output_dir = recipe.layout.stage_dir(stage)
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         clear_previous_run(output_dir)
@@ -131,7 +134,7 @@ def start_output_dir(output_dir: Path, *, resume: bool, fingerprint: str | None 
         clear_previous_run(output_dir)
         return None
     step = int(checkpoint.name.split("-")[1])
-    trim_metrics(output_dir / "metrics.jsonl", step)
+    trim_metrics(recipe.layout.metrics(stage), step)
     return checkpoint
 
 
