@@ -145,31 +145,9 @@ def quantize_in_memory(source: Path, method: str, *, embeddings: bool = True):
     return model.eval(), None
 
 
-def quantize_to_dir(
-    spec,
-    method: str,
-    out_dir,
-    *,
-    embeddings: bool = True,
-    save_weights: bool = True,
-    online: bool | None = None,
-) -> dict:
-    """Quantize ``spec`` (a model or a LoRA adapter) with ``method`` into ``out_dir``.
-
-    Args:
-        spec: model spec, local model directory, or adapter directory.
-        method: a name from :data:`tutorlm.quantize.methods.METHODS`.
-        out_dir: written atomically (a temporary sibling renamed into place).
-        embeddings: packed methods: also quantize the embedding / output layer.
-        save_weights: False records only how to rebuild the model.
-
-    Returns:
-        The record also written as ``quantization.json``.
-    """
-    record, _ = quantize_and_save(
-        spec, method, out_dir, embeddings=embeddings, save_weights=save_weights, online=online
-    )
-    return record
+def quantize_to_dir(spec, method: str, out_dir, **options) -> dict:
+    """:func:`quantize_and_save` without the model: returns the record only."""
+    return quantize_and_save(spec, method, out_dir, **options)[0]
 
 
 def quantize_and_save(
@@ -181,7 +159,19 @@ def quantize_and_save(
     save_weights: bool = True,
     online: bool | None = None,
 ):
-    """:func:`quantize_to_dir`, also returning the quantized model it saved: ``(record, model)``."""
+    """Quantize ``spec`` (a model or a LoRA adapter) with ``method`` into ``out_dir``.
+
+    Args:
+        spec: model spec, local model directory, or adapter directory.
+        method: a name from :data:`tutorlm.quantize.methods.METHODS`.
+        out_dir: written atomically (a temporary sibling renamed into place).
+        embeddings: packed methods: also quantize the embedding / output layer.
+        save_weights: False records only how to rebuild the model.
+
+    Returns:
+        ``(record, model)``: the record also written as ``quantization.json``, and the
+        quantized model it saved.
+    """
     from transformers import AutoTokenizer
 
     from tutorlm.quantize.measure import weight_bytes
