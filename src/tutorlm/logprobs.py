@@ -14,10 +14,10 @@ so each is made here and nowhere else:
   ``beta * (log pi(y|x) - log ref(y|x))`` and when a pair counts as correct
   (:func:`implicit_reward`, :func:`prefers_chosen`, :data:`TIE_TOLERANCE`).
 
-:func:`scored_logps` goes through the model's own forward (``logits_to_keep=1``), so
-PEFT, DDP, FSDP and DeepSpeed wrappers see the call they expect (DDP's gradient
-reduction is armed by its forward), and only the positions a loss reads are projected
-through the output head.
+:func:`scored_logps` runs the backbone and projects only the positions a loss reads
+through the output head; inside a DDP / FSDP / DeepSpeed wrapper it goes through the
+wrapper's forward (DDP arms its gradient reduction there) and takes the backbone's
+hidden states with a hook.
 """
 
 from __future__ import annotations
