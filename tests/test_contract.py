@@ -132,3 +132,23 @@ def test_zephyrs_m0_has_no_reward_row():
     assert "reward" in kinds
     assert reward_reference(zephyr, zephyr.layout.model("M0")) is None
     assert reward_reference(zephyr, zephyr.layout.model("M2")) == zephyr.layout.model("M1")
+
+
+def test_run_eval_leaves_reward_tasks_out_where_there_is_no_reference(monkeypatch, tmp_path):
+    """What the eval stage hands the task loop: M0 no reward task, M2 against M1."""
+    import tutorlm.evaluate.runner as runner
+
+    handed = {}
+
+    def record(model, specs, settings, out_dir, **kwargs):
+        handed[model] = ([spec.name for spec in specs], kwargs["reference"])
+        return {}
+
+    monkeypatch.setattr(runner, "run_tasks", record)
+    zephyr = load_recipe(RECIPES / "zephyr.yaml", [f"run_root={tmp_path}"])
+    m0, m1, m2 = (zephyr.layout.model(label) for label in ("M0", "M1", "M2"))
+    runner.run_eval(zephyr, m0)
+    runner.run_eval(zephyr, m2)
+    tasks = list(zephyr.eval.tasks)
+    assert handed[m0] == ([t for t in tasks if not t.startswith("reward")], None)
+    assert handed[m2] == (tasks, m1)
