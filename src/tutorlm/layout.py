@@ -111,6 +111,27 @@ class RunLayout:
         """Training log of a stage, one JSON object a line."""
         return self.stage_dir(stage) / "metrics.jsonl"
 
+    def adapter(self, stage: str) -> Path:
+        """The LoRA adapter a training stage saves before merging it."""
+        return self.stage_dir(stage) / "adapter"
+
+    def tensorboard(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "tensorboard"
+
+    def train_summary(self, stage: str) -> Path:
+        """Steps, losses and timings of a finished training stage."""
+        return self.stage_dir(stage) / "train_summary.json"
+
+    def training_outputs(self, stage: str) -> tuple[Path, ...]:
+        """What one training run writes besides its checkpoints (cleared before a fresh run)."""
+        return (
+            self.metrics(stage),
+            self.tensorboard(stage),
+            self.train_summary(stage),
+            self.adapter(stage),
+            self.merged(stage),
+        )
+
     def model(self, label: str) -> str:
         """The model spec of ``M0``, ``M1`` or ``M2``."""
         if label == "M0":

@@ -45,7 +45,7 @@ def _report(result, model_name: str) -> None:
         f"(step {result.global_step}"
         + (f", mean train loss {loss:.4f}" if loss is not None else "")
         + (f", {runtime:.0f} s" if runtime is not None else "")
-        + f"; metrics in {result.output_dir / 'metrics.jsonl'})"
+        + f"; metrics in {result.metrics_file})"
     )
 
 

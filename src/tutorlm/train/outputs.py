@@ -20,6 +20,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -79,16 +80,16 @@ def resume_point(output_dir: Path, fingerprint: str | None = None) -> Path | Non
     return latest
 
 
-def clear_previous_run(output_dir: Path) -> None:
-    """Remove an earlier run's checkpoints, metrics and models before starting afresh.
+def clear_previous_run(output_dir: Path, outputs: Sequence[Path]) -> None:
+    """Remove an earlier run's checkpoints and ``outputs`` (metrics, models: the run
+    layout's ``training_outputs``) before starting afresh.
 
     A fresh run that fails must not leave the previous run's merged model behind
     for the next stage to pick up as if it were this run's.
     """
     for _step, path, _complete in checkpoints(output_dir):
         shutil.rmtree(path, ignore_errors=True)
-    for name in ("metrics.jsonl", "tensorboard", "train_summary.json", "adapter", "merged"):
-        target = output_dir / name
+    for target in outputs:
         if target.is_dir():
             shutil.rmtree(target, ignore_errors=True)
         else:

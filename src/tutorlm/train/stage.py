@@ -36,6 +36,7 @@ class StageResult:
         adapter_dir: the LoRA adapter alone.
         global_step: optimizer steps done, resumed ones included.
         summary: the content of ``train_summary.json``.
+        metrics_file: the training log, one JSON object a line.
     """
 
     output_dir: Path
@@ -43,6 +44,7 @@ class StageResult:
     adapter_dir: Path
     global_step: int
     summary: dict = field(default_factory=dict)
+    metrics_file: Path | None = None
 
 
 def data_file(recipe: Recipe, name: str, *, required: bool) -> Path | None:
@@ -124,14 +126,14 @@ def start_output_dir(
     output_dir = recipe.layout.stage_dir(stage)
     output_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
-        clear_previous_run(output_dir)
+        clear_previous_run(output_dir, recipe.layout.training_outputs(stage))
         return None
     checkpoint = resume_point(output_dir, fingerprint)
     if checkpoint is None:
         logger.warning(
             "%s: no complete checkpoint to resume from; starting from step 0", output_dir
         )
-        clear_previous_run(output_dir)
+        clear_previous_run(output_dir, recipe.layout.training_outputs(stage))
         return None
     step = int(checkpoint.name.split("-")[1])
     trim_metrics(recipe.layout.metrics(stage), step)
@@ -165,12 +167,11 @@ def callbacks(
     recipe: Recipe, stage: str, generation_config, stage_info: dict, *, main_process: bool
 ):
     """Metrics file, TensorBoard events and checkpoint completion, for one stage."""
-    output_dir = recipe.layout.stage_dir(stage)
     metrics = MetricsFileCallback(recipe.layout.metrics(stage))
     extras = CheckpointExtrasCallback(generation_config, stage_info)
     found = [metrics, extras]
     if main_process:
-        found.append(tensorboard_callback(output_dir / "tensorboard"))
+        found.append(tensorboard_callback(recipe.layout.tensorboard(stage)))
     return found, metrics
 
 
@@ -210,7 +211,7 @@ def finish(
     ``accelerate launch`` finds the merged model complete.
     """
     output_dir, merged_dir = recipe.layout.stage_dir(stage), recipe.layout.merged(stage)
-    adapter_dir = output_dir / "adapter"
+    adapter_dir = recipe.layout.adapter(stage)
     trainer.save_model(str(adapter_dir))  # every process: FSDP / DeepSpeed gather here
     release_training_memory(trainer)
     summary = {}
@@ -225,7 +226,15 @@ def finish(
             **info,
             "export_seconds": round(time.perf_counter() - started, 2),
         }
-        atomic_write_text(output_dir / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write_text(recipe.layout.train_summary(stage), text)
         logger.info("%s: merged model in %s", stage, merged_dir)
     trainer.accelerator.wait_for_everyone()
-    return StageResult(output_dir, merged_dir, adapter_dir, trainer.state.global_step, summary)
+    return StageResult(
+        output_dir,
+        merged_dir,
+        adapter_dir,
+        trainer.state.global_step,
+        summary,
+        recipe.layout.metrics(stage),
+    )
