@@ -12,14 +12,15 @@ import numpy as np
 
 
 class KeywordEmbedder:
-    """Hand-made vectors: how often "alpha", "beta", "gamma", "delta" occur, unit length.
+    """Hand-made vectors: how often each of :attr:`WORDS` occurs, unit length.
 
     Records every text it embeds, so tests can tell which chunks were re-embedded.
+    A subclass picks other words (the serve tests' physics and biology terms).
     """
 
     name = "test:keywords"
-    dim = 4
     WORDS = ("alpha", "beta", "gamma", "delta")
+    dim = len(WORDS)
 
     def __init__(self):
         self.embedded: list[str] = []

@@ -8,10 +8,9 @@ is scripted, so a test can make an answer cite ``[1]``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import numpy as np
+from rag_support import KeywordEmbedder as KeywordCounts
 
 from tutorlm.serve.engine import Finish, TokenStream
 
@@ -32,23 +31,11 @@ NOTES = {
 MOMENTUM = "notes/physics.md, Mechanics > Momentum"
 
 
-class KeywordEmbedder:
+class KeywordEmbedder(KeywordCounts):
     """Unit vectors of keyword counts: deterministic, instant, no model to load."""
 
-    name = "test:keywords"
     WORDS = ("momentum", "mass", "velocity", "energy", "derivative", "chain", "atp", "cells")
     dim = len(WORDS)
-
-    def embed(self, texts):
-        rows = np.array(
-            [[re.findall(r"\w+", t.lower()).count(w) for w in self.WORDS] for t in texts],
-            dtype=np.float32,
-        ).reshape(len(texts), self.dim)
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        return np.where(norms > 0, rows / np.maximum(norms, 1e-12), 0).astype(np.float32)
-
-    def token_spans(self, text):
-        return [m.span() for m in re.finditer(r"\S+", text)]
 
 
 def build_notes_index(folder: Path):

@@ -13,22 +13,12 @@ from pathlib import Path
 import pytest
 
 from tutorlm.cli import main
+from tutorlm.contract import CONTRACTS
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STAGES = [
-    "data",
-    "sft",
-    "dpo",
-    "eval-m0",
-    "eval-m1",
-    "eval-m2",
-    "quantize",
-    "rag",
-    "samples",
-    "report",
-]
+STAGES = list(CONTRACTS)
 
 
 @pytest.fixture(scope="module")
