@@ -33,7 +33,7 @@ def _run_build(args: argparse.Namespace) -> int:
 
     settings = validated(IndexSettings, given(args, "rag"), "index settings")
     apply_online(args)
-    report = build_index(args.sources, args.out, settings=settings, log=print)
+    report = build_index(args.sources, args.out, settings=settings, log=print, progress=True)
     if report.full_rebuild and report.full_rebuild != "no previous index":
         print(f"full rebuild: {report.full_rebuild}")
     for label, names in (

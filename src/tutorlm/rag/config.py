@@ -13,7 +13,8 @@ SearchMode = Literal["dense", "bm25", "hybrid"]
 
 
 class IndexSettings(BaseModel):
-    """What decides the content of an index: a change here re-embeds every file."""
+    """What decides the content of an index: a change here re-embeds every file
+    (except ``max_file_bytes``, which only adds or drops the files over it)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -33,6 +34,12 @@ class IndexSettings(BaseModel):
     ``SQfp16`` (16-bit vectors, recall@10 0.996) searches about twice as fast, and
     ``HNSW32,Flat`` far faster at lower recall; both are rebuilt over every row on each
     update (docs/benchmarks.md, Retrieval)."""
+
+    max_file_bytes: int = Field(default=10_000_000, ge=1)
+    """Largest file read, in bytes; bigger ones are skipped with the reason. Text is
+    held in memory several times over while it is chunked (a 20 MB Markdown file
+    took 2.9 GB), and course notes are far smaller; raise it for a big PDF. Changing
+    it adds or drops only the files it concerns."""
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IndexSettings:

@@ -9,6 +9,8 @@ The layout and the atomic switch are described in ``rag/store.py``.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +28,11 @@ from tutorlm.rag.store import (
     FreshSegment,
     RagIndexError,
     Segment,
+    built_serial,
     combine,
     live_pieces,
     load_live,
+    previous_index,
     read_manifest,
     write_manifest,
     write_segment,
@@ -61,17 +65,9 @@ class BuildReport:
     """Whether every live row was rewritten into one segment."""
 
 
-def _previous(out_dir: Path, settings: dict) -> tuple[dict | None, str | None]:
-    """The old manifest and ``None``, or ``None`` and why nothing can be reused."""
-    if not (out_dir / "manifest.json").is_file():
-        return None, "no previous index"
-    try:
-        manifest = read_manifest(out_dir)
-    except Exception as error:  # a damaged old index is rebuilt, not fatal
-        return None, f"previous index unreadable ({error})"
-    if manifest["settings"] != settings:
-        return None, "settings or embedding model changed"
-    return manifest, None
+def _reusable(previous: dict | None, settings: dict) -> bool:
+    """Whether the old index's rows can be kept (same chunking, model and faiss type)."""
+    return previous is not None and previous["settings"] == settings
 
 
 def build_index(
@@ -81,6 +77,7 @@ def build_index(
     settings: IndexSettings | None = None,
     embedder=None,
     log=None,
+    progress: bool = False,
 ) -> BuildReport:
     """Index ``sources`` (files and folders) into ``out_dir``, reusing what is unchanged.
 
@@ -92,23 +89,31 @@ def build_index(
             (see ``rag.embed.Embedder``); default: load ``settings.embedding_model``
             when the first file needs embedding.
         log: called with one line of progress at a time.
+        progress: show a progress bar over the files on stderr (when it is a terminal).
 
     Raises:
         SourceError: a source that does not exist.
-        RagIndexError: no indexable text at all, or a faiss type that cannot be built.
+        RagIndexError: ``out_dir`` is a file or a folder that is not an index (checked
+            before anything is read), no indexable text at all, or a faiss type that
+            cannot be built.
     """
     started = time.perf_counter()
     settings = settings or IndexSettings()
     out_dir = Path(out_dir)
     log = log or (lambda line: None)
     name = embedder.name if embedder is not None else settings.embedding_model
-    settings_dict = settings.model_dump() | {"embedding_model": name}
+    # the size cap decides which files are read, not how: changing it adds or drops
+    # those files like any other change, with no re-embedding of the rest
+    settings_dict = settings.model_dump(exclude={"max_file_bytes"}) | {"embedding_model": name}
+    on_disk, full_reason = previous_index(out_dir)
     files, skipped = discover(sources)
-    previous, full_reason = _previous(out_dir, settings_dict)
+    previous = on_disk if _reusable(on_disk, settings_dict) else None
+    if on_disk is not None and previous is None:
+        full_reason = "settings or embedding model changed"
     report = BuildReport(out_dir, skipped=skipped, full_rebuild=full_reason)
     old_files = previous["files"] if previous else {}
     lazy = _LazyEmbedder(embedder, settings.embedding_model, log)
-    entries, new_chunks = _scan(files, old_files, settings, lazy, report)
+    entries, new_chunks = _scan(files, old_files, settings, lazy, report, progress)
     report.removed = sorted(set(old_files) - set(entries))
     report.skipped.sort()
 
@@ -149,7 +154,7 @@ def build_index(
     }
     if settings.index_factory != "Flat":
         manifest["dense"] = _write_dense(out_dir, manifest, settings.index_factory)
-    write_manifest(out_dir, manifest)
+    write_manifest(out_dir, manifest, on_disk)
     report.n_chunks = manifest["n_chunks"]
     report.seconds = round(time.perf_counter() - started, 3)
     return report
@@ -170,18 +175,34 @@ class _LazyEmbedder:
         return self.embedder
 
 
-def _scan(files, old_files: dict, settings, lazy: _LazyEmbedder, report: BuildReport):
+def _progress(files: list, enabled: bool):
+    """``files``, under a tqdm bar on stderr when asked for and stderr is a terminal."""
+    if not enabled:
+        return files
+    from tqdm import tqdm
+
+    return tqdm(
+        files, desc="index", unit="file", leave=False, file=sys.stderr, dynamic_ncols=True,
+        disable=not sys.stderr.isatty(),
+    )  # fmt: skip
+
+
+def _scan(files, old_files: dict, settings, lazy: _LazyEmbedder, report: BuildReport, progress):
     """Each file's manifest entry (in source order) and the chunks of changed and new files.
 
     A file whose size and modification time match its entry is unchanged without
-    being read; otherwise its sha256 decides.
+    being read; otherwise its sha256 decides. A file over ``settings.max_file_bytes``
+    is skipped before it is read.
     """
     entries: dict[str, dict] = {}
     new_chunks: dict[str, list[Chunk]] = {}
-    for file in files:
+    for file in _progress(files, progress):
         old = old_files.get(file.source)
         try:
             stat = file.path.stat()
+            if stat.st_size > settings.max_file_bytes:
+                report.skipped.append((file.source, _too_large(stat.st_size, settings)))
+                continue
             same_stat = old is not None and (old["bytes"], old["mtime_ns"]) == (
                 stat.st_size,
                 stat.st_mtime_ns,
@@ -220,16 +241,23 @@ def _scan(files, old_files: dict, settings, lazy: _LazyEmbedder, report: BuildRe
     return entries, new_chunks
 
 
+def _too_large(size: int, settings) -> str:
+    return (
+        f"larger than the size cap ({_bytes(size)} > {_bytes(settings.max_file_bytes)}); "
+        "raise max_file_bytes (--max-file-bytes) to index it"
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n:,} bytes"
+
+
 def _write_segments(out_dir, previous, entries, new_chunks, fresh, report) -> dict:
     """Write the new segment (or, when compacting, the only one) and point ``entries``
     at their rows. Returns the manifest's ``segments``, ``segment_rows``, ``serial``
     (numbers this build's files, so no build overwrites another's) and the ``dim``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    taken = [
-        int(p.name.split("-")[1].split(".")[0])
-        for p in out_dir.iterdir()
-        if p.name.startswith(("seg-", "dense-")) and p.name.split("-")[1][:4].isdigit()
-    ]
+    taken = [serial for p in out_dir.iterdir() if (serial := built_serial(p)) is not None]
     serial = max([previous["serial"] if previous else 0, *taken]) + 1
     segment_rows = dict(previous["segment_rows"]) if previous else {}
     kept = [s for s in (previous["segments"] if previous else []) if _referenced(s, entries)]
@@ -289,5 +317,7 @@ def _write_dense(out_dir: Path, manifest: dict, factory: str) -> str:
             f"faiss index {factory!r} cannot be built over {len(vectors)} vectors: {last_line}"
         ) from None
     name = f"dense-{manifest['serial']:04d}.faiss"
-    faiss.write_index(dense, str(out_dir / name))
+    staging = out_dir / f".dense-{manifest['serial']:04d}.tmp"
+    faiss.write_index(dense, str(staging))
+    os.replace(staging, out_dir / name)
     return name

@@ -8,7 +8,9 @@ the index's manifest keeps, so a user can see what was left out and why.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -60,6 +62,12 @@ def discover(sources: list[str | Path]) -> tuple[list[SourceFile], list[tuple[st
     path>``; other files in it are skipped as unsupported, hidden ones silently. A file
     named directly is read whatever its extension (sniffed as text when unknown).
 
+    Symbolic links inside a folder are followed only to files inside the sources
+    given: a link such as ``passwd.txt -> /etc/passwd`` would put a file the user
+    never chose into the index and its citations. Links out of the sources, dangling
+    links, links to folders (their files are indexed where they live, or not at all),
+    FIFOs and devices (reading a FIFO blocks forever) are skipped with the reason.
+
     Raises:
         SourceError: a source that does not exist, or two files with the same name.
     """
@@ -75,25 +83,60 @@ def discover(sources: list[str | Path]) -> tuple[list[SourceFile], list[tuple[st
             )
         found[item.source] = item
 
+    paths = []
     for given in sources:
         path = bundled_notes_dir() if str(given) == BUNDLED_NOTES else Path(given).expanduser()
-        if path.is_dir():
-            root = path.resolve()  # once: resolve() costs a system call per path part
-            for file in sorted(root.rglob("*")):
-                relative = file.relative_to(root)
-                if any(part.startswith(".") for part in relative.parts) or not file.is_file():
-                    continue
-                name = f"{root.name}/{relative.as_posix()}"
-                kind = KINDS.get(file.suffix.lower())
-                if kind is None:
-                    skipped.append((name, f"unsupported file type {file.suffix or '(none)'!r}"))
-                else:
-                    add(SourceFile(file, name, kind))
-        elif path.is_file():
-            add(SourceFile(path.resolve(), path.name, KINDS.get(path.suffix.lower())))
-        else:
+        if not path.exists():
             raise SourceError(f"{given}: no such file or folder to index")
+        paths.append(path)
+    roots = [path.resolve() for path in paths]
+    for path, root in zip(paths, roots, strict=True):
+        if not path.is_dir():
+            add(SourceFile(root, path.name, KINDS.get(path.suffix.lower())))
+            continue
+        for file in _walk(root):
+            name = f"{root.name}/{file.relative_to(root).as_posix()}"
+            reason = _not_indexable(file, roots)
+            if reason is None and KINDS.get(file.suffix.lower()) is None:
+                reason = f"unsupported file type {file.suffix or '(none)'!r}"
+            if reason is None:
+                add(SourceFile(file, name, KINDS[file.suffix.lower()]))
+            else:
+                skipped.append((name, reason))
     return [found[name] for name in sorted(found)], skipped
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every entry under ``root`` that is not a folder (links to folders included),
+    hidden names left out, without following links."""
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        dirs[:] = [d for d in dirs if d not in links]
+        entries += [Path(folder, name) for name in [*files, *links] if not name.startswith(".")]
+    return sorted(entries)
+
+
+def _not_indexable(file: Path, roots: list[Path]) -> str | None:
+    """Why a file found in a folder cannot be read safely, or ``None``."""
+    if file.is_symlink():
+        if not file.exists():
+            return "dangling symbolic link"
+        target = file.resolve()
+        if not any(target.is_relative_to(root) for root in roots):
+            return "symbolic link leading outside the sources"
+        if target.is_dir():
+            return "symbolic link to a folder (not followed)"
+    try:
+        mode = file.stat().st_mode
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    if stat.S_ISFIFO(mode):
+        return "not a regular file (FIFO)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    return None
 
 
 def read_sections(file: SourceFile) -> list[Section]:
