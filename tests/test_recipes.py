@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tutorlm.recipe import RecipeError, load_recipe, recipe_from_dict, save_resolved
+from tutorlm.recipe import RecipeError, load_recipe, parse_yaml, recipe_from_dict, save_resolved
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -82,3 +82,62 @@ def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
 def test_override_into_a_value_names_the_override_and_the_part():
     with pytest.raises(RecipeError, match=r"override 'seed\.x=1': 'seed' is not a section"):
         recipe_from_dict({"name": "x", "seed": 1}, ["seed.x=1"])
+
+
+def _alias_bomb(levels: int) -> str:
+    """``levels`` nested lists of 9 aliases each: 9 ** levels values once expanded."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("name: x\ndescription: ok\n" + _alias_bomb(9))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(bomb)
+    assert str(caught.value) == (
+        f"{bomb}: YAML aliases expand to more than 100,000 values (from line 8); "
+        "refused as an alias bomb"
+    )
+
+
+def test_a_few_aliases_within_the_budget_still_work():
+    assert parse_yaml("a: &x [1, 2]\nb: *x\nc: {<<: {k: 1}}\n") == {
+        "a": [1, 2],
+        "b": [1, 2],
+        "c": {"k": 1},
+    }
+    assert len(parse_yaml(_alias_bomb(4))["l4"]) == 9
+
+
+def test_a_self_referencing_alias_non_utf8_and_broken_recipes_are_one_line_errors(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nsweep: &s\n  - *s\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == (
+        f"{path}: a YAML alias refers to the value that contains it (line 2); "
+        "the value would be infinite"
+    )
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 9); save the recipe as UTF-8"
+    path.write_bytes(b"\xef\xbb\xbfname: bom\n")
+    assert load_recipe(path).name == "bom"
+    path.write_text("name: x\ntrain: {beta: [0.1\n")
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == (
+        f"{path}: not valid YAML: expected ',' or ']', but got '<stream end>' (line 3, column 1)"
+    )
+    path.write_text("name: x\nseed: " + "[" * 2000 + "]" * 2000 + "\n")
+    with pytest.raises(RecipeError, match="YAML nested too deeply to read"):
+        load_recipe(path)
+
+
+def test_overrides_and_sweep_values_are_read_by_the_same_guarded_reader():
+    with pytest.raises(RecipeError, match="^override 'seed=&a \\[\\*a\\]': YAML: a YAML alias"):
+        recipe_from_dict({"name": "x"}, ["seed=&a [*a]"])

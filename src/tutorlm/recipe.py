@@ -171,9 +171,81 @@ _RecipeLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str):
-    """Parse recipe YAML (a file, or one override's value)."""
-    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+MAX_YAML_VALUES = 100_000
+"""Most values a YAML text may expand to through aliases (``*name``). Aliases share
+one value in memory, but every later copy (validation, overrides) expands them: a
+recipe with 9 levels of 9 aliases is 387 million values, and took 3.35 GB before a
+MemoryError. A real recipe has a few hundred."""
+
+
+def parse_yaml(text: str, origin: str = "YAML"):
+    """Parse recipe YAML (a file, or one override's value): the project's one YAML reader.
+
+    Args:
+        text: the YAML.
+        origin: what the text is (a file's path), named in every error.
+
+    Raises:
+        RecipeError: invalid YAML (one line, with its position), aliases that expand
+            past ``MAX_YAML_VALUES`` or refer to the value containing them, or
+            nesting too deep to read.
+    """
+    loader = _RecipeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_aliases(node, origin)
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError(f"{origin}: not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise RecipeError(f"{origin}: YAML nested too deeply to read") from None
+    finally:
+        loader.dispose()
+
+
+def _check_aliases(root: yaml.Node, origin: str) -> None:
+    """Refuse an alias bomb or a value that contains itself, without expanding either.
+
+    Walks the node graph once (each shared node once), summing how many values each
+    node stands for when its aliases are expanded.
+    """
+    expanded: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if finished:
+            on_path.discard(key)
+            expanded[key] = 1 + sum(expanded[id(child)] for child in children)
+            if expanded[key] > MAX_YAML_VALUES:
+                raise RecipeError(
+                    f"{origin}: YAML aliases expand to more than {MAX_YAML_VALUES:,} values "
+                    f"(from line {node.start_mark.line + 1}); refused as an alias bomb"
+                )
+        elif key in on_path:
+            raise RecipeError(
+                f"{origin}: a YAML alias refers to the value that contains it "
+                f"(line {node.start_mark.line + 1}); the value would be infinite"
+            )
+        elif key not in expanded:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def apply_override(data: dict, override: str) -> None:
@@ -228,10 +300,7 @@ def load_recipe(
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
-    try:
-        data = parse_yaml(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    data = parse_yaml(read_recipe_text(path), origin=str(path)) or {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections")
     if smoke:
@@ -242,6 +311,22 @@ def load_recipe(
     recipe = recipe_from_dict(data, overrides, origin=str(path))
     recipe.source_path = str(path)
     return recipe
+
+
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text.
+
+    Raises:
+        RecipeError: unreadable, or not UTF-8 (a UTF-8 byte-order mark is fine).
+    """
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot read the recipe: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {error.start}); save the recipe as UTF-8"
+        ) from None
 
 
 def save_resolved(recipe: Recipe) -> Path:
