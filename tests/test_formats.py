@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from tutorlm.data.formats import (
     MCQARecord,
     PreferenceRecord,
     RecordError,
+    RecordFileError,
     SFTRecord,
     file_sha256,
     read_records,
@@ -98,7 +100,14 @@ def test_broken_json_line_is_named(tmp_path):
 
 
 def test_lenient_mode_skips_and_counts_by_reason(tmp_path):
-    rows = [MCQA, {**MCQA, "answer": 5}, "not json", {**MCQA, "answer": 9}, [1, 2], MCQA]
+    rows = [
+        MCQA,
+        {**MCQA, "answer": 5},
+        "not json",
+        {**MCQA, "answer": 9},
+        [1, 2],
+        {**MCQA, "id": "m2"},
+    ]
     result = read_records(_write_lines(tmp_path / "mixed.jsonl", rows), "mcqa", strict=False)
     assert len(result.records) == 2
     assert result.n_bad == 4
@@ -130,3 +139,71 @@ def test_unknown_kind_is_rejected(tmp_path):
     path = _write_lines(tmp_path / "x.jsonl", [MCQA])
     with pytest.raises(ValueError, match="unknown record kind 'qa'"):
         read_records(path, "qa")
+
+
+def _mcqa_line(**changes) -> bytes:
+    return (json.dumps(MCQA | changes, ensure_ascii=False) + "\n").encode()
+
+
+def _validate(path, capsys) -> tuple[int, str]:
+    from tutorlm.cli import main
+
+    status = main(["data", "validate", str(path), "--kind", "mcqa"])
+    captured = capsys.readouterr()
+    return status, captured.out + captured.err
+
+
+def test_validate_counts_undecodable_deep_huge_and_duplicate_rows(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + _mcqa_line(id="m1")  # a UTF-8 byte-order mark before the first line is fine
+        + _mcqa_line(id="m2", question="caf\u00e9").replace("\u00e9".encode(), b"\xe9")
+        + b'{"id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+        + b'{"id": "m4", "answer": ' + b"9" * 5001 + b"}\n"
+        + _mcqa_line(id="m1")
+        + _mcqa_line(id="m5")
+    )  # fmt: skip
+    result = read_records(path, "mcqa", strict=False)
+    assert [r.id for r in result.records] == ["m1", "m5"]
+    assert [str(e) for e in result.errors] == [
+        f"{path}:2: field '(line)': not UTF-8 text; byte 47 is 0xe9",
+        f"{path}:3: field '(line)': nested too deeply to read",
+        f"{path}:4: field '(line)': a number too long to read",
+        f"{path}:5: field 'id': duplicate; 'm1' is first on line 1",
+    ]
+    status, out = _validate(path, capsys)
+    assert status == 1
+    assert out.splitlines()[:5] == [
+        f"{path}: 2 good mcqa records, 4 bad",
+        "       1  (line): not UTF-8 text",
+        "       1  (line): nested too deeply to read",
+        "       1  (line): a number too long to read",
+        "       1  id: duplicate",
+    ]
+    duplicated = tmp_path / "duplicated.jsonl"
+    duplicated.write_bytes(_mcqa_line(id="m1") + b"\n" + _mcqa_line(id="m1"))
+    with pytest.raises(RecordError, match=r":3: field 'id': duplicate; 'm1' is first on line 1"):
+        read_records(duplicated, "mcqa", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("\ufeff{}\n".encode("utf-16"), "UTF-16 text, not UTF-8 JSON Lines"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary data (NUL bytes), not UTF-8 JSON Lines"),
+    ],
+    ids=["utf16", "binary"],
+)
+def test_validate_refuses_binary_and_utf16_files_in_one_line(tmp_path, capsys, data, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(RecordFileError, match=re.escape(message)):
+        read_records(path, "mcqa", strict=False)
+    assert _validate(path, capsys) == (1, f"error: {path}: {message}\n")
+
+
+def test_validate_fails_on_an_empty_file(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n  \n")
+    assert _validate(path, capsys) == (1, f"{path}: no mcqa records (the file is empty)\n")

@@ -17,9 +17,13 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
+    """Exit 1 on any bad row, an empty file, or a file that is not UTF-8 JSON Lines."""
     from tutorlm.data.formats import read_records
 
     result = read_records(args.file, args.kind, strict=args.strict)
+    if not result.records and not result.n_bad:
+        print(f"{args.file}: no {args.kind} records (the file is empty)")
+        return 1
     print(f"{args.file}: {len(result.records)} good {args.kind} records, {result.n_bad} bad")
     for reason, count in result.bad.most_common():
         print(f"  {count:>6}  {reason}")

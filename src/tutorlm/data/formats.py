@@ -114,6 +114,10 @@ class RecordError(TutorlmError, ValueError):
         return f"{self.field}: {self.problem.split(';')[0]}"
 
 
+class RecordFileError(TutorlmError, ValueError):
+    """A file that is not UTF-8 JSON Lines at all (binary, UTF-16), named by path."""
+
+
 @dataclass
 class ReadResult:
     """What a lenient read kept and what it skipped."""
@@ -143,18 +147,23 @@ def _describe_validation(error: ValidationError) -> tuple[str, str]:
     return location, problem
 
 
+def _record_type(kind: str) -> type[_Record]:
+    if kind not in RECORD_TYPES:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {sorted(RECORD_TYPES)}")
+    return RECORD_TYPES[kind]
+
+
 def parse_record(line: str, kind: str, *, path: Path | str = "<string>", line_number: int = 1):
     """Parse one JSONL line into a record, or raise ``RecordError``."""
-    try:
-        record_type = RECORD_TYPES[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown record kind {kind!r}; expected one of {sorted(RECORD_TYPES)}"
-        ) from None
+    record_type = _record_type(kind)
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as error:
         raise RecordError(path, line_number, "(line)", f"not valid JSON ({error.msg})") from None
+    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+        raise RecordError(path, line_number, "(line)", "a number too long to read") from None
+    except RecursionError:
+        raise RecordError(path, line_number, "(line)", "nested too deeply to read") from None
     if not isinstance(raw, dict):
         raise RecordError(path, line_number, "(line)", "expected a JSON object")
     try:
@@ -164,12 +173,64 @@ def parse_record(line: str, kind: str, *, path: Path | str = "<string>", line_nu
         raise RecordError(path, line_number, location, problem) from None
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str | RecordError]]:
+    """Each non-blank line of a JSON Lines file as text, or the error that it is not text.
+
+    A UTF-8 byte-order mark is dropped; a line that is not UTF-8 is a bad row.
+
+    Raises:
+        RecordFileError: the file is binary or UTF-16 (NUL bytes near its start): every
+            "line" of it would be bad, and one of them may be the whole file.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(8192)
+        if b"\x00" in head or head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))
+            kind = "UTF-16 text" if utf16 else "binary data (NUL bytes)"
+            raise RecordFileError(f"{path}: {kind}, not UTF-8 JSON Lines")
+        handle.seek(0)
+        for number, raw in enumerate(handle, start=1):
+            raw = raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problem = f"not UTF-8 text; byte {error.start} is {raw[error.start]:#04x}"
+                yield number, RecordError(path, number, "(line)", problem)
+                continue
+            if line.strip():
+                yield number, line
+
+
+def _records(path: Path, kind: str) -> Iterator[RecordError | Any]:
+    """Each row of a file as a record or the ``RecordError`` that says why it is bad.
+
+    An id already used by an earlier row is bad: ``data build`` refuses duplicate
+    ids, and a later stage matching rows by id would pick one of them at random.
+    """
+    first_line: dict[str, int] = {}
+    for number, line in _lines(path):
+        if isinstance(line, RecordError):
+            yield line
+            continue
+        try:
+            record = parse_record(line, kind, path=path, line_number=number)
+        except RecordError as error:
+            yield error
+            continue
+        if record.id in first_line:
+            problem = f"duplicate; {record.id!r} is first on line {first_line[record.id]}"
+            yield RecordError(path, number, "id", problem)
+        else:
+            first_line[record.id] = number
+            yield record
+
+
 def iter_records(path: Path | str, kind: str) -> Iterator:
     """Yield records of a file one by one; the first bad row raises ``RecordError``."""
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield parse_record(line, kind, path=path, line_number=number)
+    for item in _records(Path(path), kind):
+        if isinstance(item, RecordError):
+            raise item
+        yield item
 
 
 def read_records(path: Path | str, kind: str, *, strict: bool = True) -> ReadResult:
@@ -180,23 +241,24 @@ def read_records(path: Path | str, kind: str, *, strict: bool = True) -> ReadRes
         kind: ``sft``, ``preference`` or ``mcqa``.
         strict: stop at the first bad row (raise ``RecordError``); otherwise skip
             bad rows and count them by reason.
+
+    Raises:
+        RecordFileError: a binary or UTF-16 file, in either mode.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    _record_type(kind)
     result = ReadResult()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                result.records.append(parse_record(line, kind, path=path, line_number=number))
-            except RecordError as error:
-                if strict:
-                    raise
-                result.bad[error.reason] += 1
-                if len(result.errors) < 20:
-                    result.errors.append(error)
+    for item in _records(path, kind):
+        if not isinstance(item, RecordError):
+            result.records.append(item)
+        elif strict:
+            raise item
+        else:
+            result.bad[item.reason] += 1
+            if len(result.errors) < 20:
+                result.errors.append(item)
     return result
 
 
