@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tutorlm.data.formats import (
     MCQARecord,
@@ -14,7 +18,9 @@ from tutorlm.data.formats import (
     RecordError,
     RecordFileError,
     SFTRecord,
+    atomic_write_text,
     file_sha256,
+    follow_umask,
     read_records,
     write_records,
 )
@@ -207,3 +213,22 @@ def test_validate_fails_on_an_empty_file(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     path.write_text("\n  \n")
     assert _validate(path, capsys) == (1, f"{path}: no mcqa records (the file is empty)\n")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask_like_a_plain_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<p>hi</p>\n")
+        (tmp_path / "plain.txt").write_text("hi\n")
+        model = tmp_path / "model"
+        model.mkdir(mode=0o700)
+        save_file({"w": np.zeros(2, dtype=np.float32)}, str(model / "model.safetensors"))
+        follow_umask(model)
+    finally:
+        os.umask(old)
+    plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert plain == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == plain
+    assert stat.S_IMODE((model / "model.safetensors").stat().st_mode) == plain
+    assert stat.S_IMODE(model.stat().st_mode) == 0o777 & ~umask

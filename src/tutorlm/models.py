@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tutorlm.data.formats import file_sha256
+from tutorlm.data.formats import file_sha256, follow_umask
 from tutorlm.errors import TutorlmError
 
 BUNDLED = "bundled:smollm2-135m-instruct"
@@ -95,6 +95,7 @@ def bundled_model_dir() -> Path:
         _convert_gguf(gguf, tmp)
         marker = {"source": str(gguf), "gguf_sha256": file_sha256(gguf), "format": "safetensors"}
         (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        follow_umask(tmp)  # mkdtemp and safetensors make their files private
         tmp.rename(target)
     finally:
         if tmp.exists():

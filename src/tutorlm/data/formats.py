@@ -279,12 +279,48 @@ def file_sha256(path: Path | str) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def umask_mode(*, folder: bool = False) -> int:
+    """The mode ``open`` (``mkdir``) gives a new file (folder) under the process umask.
+
+    ``tempfile.mkstemp`` / ``mkdtemp`` make theirs private (0600 / 0700), and so does
+    safetensors' ``save_file``; an atomic write must not leave a report or a model
+    unreadable to the group when every other file of the run is readable.
+    """
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux states it; os.umask can only read it by changing it for every thread
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path | str) -> None:
+    """Give a file, or a folder and everything in it, the modes the umask gives new ones."""
+    path = Path(path)
+    if path.is_dir():
+        for inner in path.rglob("*"):
+            if not inner.is_symlink():
+                inner.chmod(umask_mode(folder=inner.is_dir()))
+    path.chmod(umask_mode(folder=path.is_dir()))
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half."""
+    """Write a file so that readers see the old or the new content, never half.
+
+    The file gets the umask's mode, as a plain ``open`` would give it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(handle, umask_mode())
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, path)

@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tutorlm.data.formats import follow_umask
 from tutorlm.quantize.methods import (
     QuantizeError,
     build_packed_skeleton,
@@ -180,7 +181,6 @@ def quantize_and_save(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary model directory
     try:
         with float_source(spec, online=online) as (source, source_info):
             model, layout = quantize_in_memory(source, method, embeddings=embeddings)
@@ -208,6 +208,7 @@ def quantize_and_save(
         if save_weights:
             record["weights"] = _save_weights(model, info.backend, tmp)
         (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        follow_umask(tmp)  # mkdtemp and safetensors make theirs private; a model is not
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
