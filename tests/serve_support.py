@@ -8,11 +8,15 @@ is scripted, so a test can make an answer cite ``[1]``.
 
 from __future__ import annotations
 
+import json
+import socketserver
+import threading
 from pathlib import Path
 
 from rag_support import KeywordEmbedder as KeywordCounts
 
 from tutorlm.serve.engine import Finish, TokenStream
+from tutorlm.serve.prompt import chat_prompt_ids
 
 NOTES = {
     "physics.md": (
@@ -75,9 +79,7 @@ class ScriptedEngine:
         self.requests = []
 
     def count_prompt_tokens(self, messages):
-        from tutorlm.generation import chat_input_ids
-
-        return int(chat_input_ids(self.tokenizer, messages).shape[-1])
+        return len(chat_prompt_ids(self.tokenizer, messages))
 
     def submit(self, request, loop=None):
         self.requests.append(request)
@@ -86,3 +88,76 @@ class ScriptedEngine:
             stream.push(piece)
         stream.push(Finish("stop", self.count_prompt_tokens(request.messages), len(self.pieces)))
         return stream
+
+
+class HeldEngine(ScriptedEngine):
+    """Sends its pieces at once, then holds the reply open until ``release`` is set."""
+
+    def __init__(self, tokenizer, pieces: list[str], name: str = "scripted"):
+        super().__init__(tokenizer, pieces, name)
+        self.release = threading.Event()
+
+    def submit(self, request, loop=None):
+        self.requests.append(request)
+        stream = TokenStream(loop, request.deadline)
+        for piece in self.pieces:
+            stream.push(piece)
+
+        def finish():
+            self.release.wait(timeout=60)
+            stream.push(Finish("stop", 1, len(self.pieces)))
+
+        threading.Thread(target=finish, daemon=True).start()
+        return stream
+
+
+class FakeBackend:
+    """An OpenAI-compatible backend on 127.0.0.1 that streams ``pieces`` and then either
+    ends the reply or, with ``stall``, sends nothing more (until the test ends).
+
+    It ignores ``max_tokens``, as a misbehaving backend would. ``requests`` holds the
+    JSON bodies it received.
+    """
+
+    def __init__(self, pieces: list[str], *, stall: bool = False):
+        self.pieces, self.stall = pieces, stall
+        self.requests: list[dict] = []
+        self.release = threading.Event()
+        backend = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                head = b""
+                while not head.endswith(b"\r\n\r\n") and (byte := self.rfile.read(1)):
+                    head += byte
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                backend.requests.append(json.loads(self.rfile.read(length)))
+                self.wfile.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Connection: close\r\n\r\n"
+                )
+                for piece in backend.pieces:
+                    event = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+                if backend.stall:
+                    backend.release.wait(timeout=60)
+                    return
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FakeBackend:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()

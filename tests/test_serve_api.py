@@ -358,7 +358,7 @@ def test_a_stalled_body_gets_408_not_a_hang(tutor):
         socket.create_connection((running.host, running.port), timeout=30) as raw,
     ):
         raw.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
         )
         answer = _read_http_response(raw)

@@ -14,7 +14,7 @@ any parsing, so neither a huge nor a slow body can hold the server.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import time
 
 from fastapi import FastAPI, Request
@@ -22,67 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tutorlm.serve import routes
 from tutorlm.serve.config import ServeConfig
+from tutorlm.serve.guard import RequestGuard
 from tutorlm.serve.schema import ApiError
 from tutorlm.serve.tutor import Tutor
 
-
-class BodyLimit:
-    """ASGI middleware: read the whole body first, within a size cap and a time limit.
-
-    A body over ``max_bytes`` gets 413 (from ``Content-Length`` before reading, or
-    while reading a chunked one); a body that takes longer than ``timeout_s`` to
-    arrive gets 408. The app then sees the body as if it had just arrived.
-    """
-
-    def __init__(self, app, max_bytes: int, timeout_s: float = 30.0):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            error = ApiError(
-                413, self._too_large(declared.decode("latin-1")), code="body_too_large"
-            )
-            return await error.response()(scope, receive, send)
-        try:
-            body = await asyncio.wait_for(self._read(receive), timeout=self.timeout_s)
-        except ApiError as error:
-            return await error.response()(scope, receive, send)
-        except TimeoutError:
-            error = ApiError(408, f"request body not received within {self.timeout_s:g} s")
-            return await error.response()(scope, receive, send)
-        if body is None:  # the client left
-            return None
-        delivered = False
-
-        async def replay():
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    def _too_large(self, size: str) -> str:
-        return f"request body is {size} bytes; this server accepts at most {self.max_bytes}"
-
-    async def _read(self, receive) -> bytes | None:
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise ApiError(413, self._too_large(f"over {size}"), code="body_too_large")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+INTERNAL_ERROR = "internal error; the server's log has the details"
 
 
 def create_app(
@@ -115,7 +59,9 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
-        return ApiError(500, f"internal error: {type(error).__name__}: {error}").response()
+        # the client learns nothing internal; the log (uvicorn's) gets the traceback
+        logging.getLogger(__name__).error("%s %s failed", request.method, request.url.path)
+        return ApiError(500, INTERNAL_ERROR, code="internal_error").response()
 
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.body_timeout_s)
+    app.add_middleware(RequestGuard, config=config, api_key=api_key)
     return app

@@ -4,18 +4,28 @@
 The remote server only sees finished prompts: the mode's system prompt and the
 numbered notes are added on this side, so citations work whatever runs the model.
 A local tokenizer (the served model's own) counts prompt tokens for the caps and
-the notes budget; ``usage`` comes from the backend when it reports it.
+the notes budget, and counts the reply's tokens as they come: a backend that ignores
+``max_tokens`` is cut at it here. ``usage`` comes from the backend when it reports it
+and the reply was not cut.
+
+Every read from the backend is bounded by the request's deadline: a backend that
+stalls ends the reply there with ``finish_reason: "length"`` (what it sent so far),
+and a client that leaves frees its place in the queue at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tutorlm.serve.engine import EngineBusy, EngineError, Finish, GenerationRequest, TokenStream
+from tutorlm.serve.prompt import chat_prompt_ids
+
+logger = logging.getLogger(__name__)
 
 
 def api_base(url: str) -> str:
@@ -36,6 +46,8 @@ class RemoteEngine:
         max_concurrency: requests in flight to the backend at once.
         max_queue: requests in flight or waiting; more get ``EngineBusy``.
         connect_timeout_s: how long to wait for the backend to accept a connection.
+        idle_timeout_s: longest wait for one read from the backend when a request
+            has no deadline (with one, the time left until it).
     """
 
     def __init__(
@@ -49,15 +61,17 @@ class RemoteEngine:
         max_concurrency: int = 16,
         max_queue: int = 64,
         connect_timeout_s: float = 10.0,
+        idle_timeout_s: float = 60.0,
     ):
         import httpx
 
         self.base = api_base(url)
         self.tokenizer = tokenizer
+        self.connect_timeout_s, self.idle_timeout_s = connect_timeout_s, idle_timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             headers=headers,
-            timeout=httpx.Timeout(connect=connect_timeout_s, read=None, write=30.0, pool=None),
+            timeout=httpx.Timeout(connect=connect_timeout_s, read=idle_timeout_s, write=30.0),
             limits=httpx.Limits(max_connections=max_concurrency),
         )
         self.model = model or self._first_model()
@@ -85,9 +99,7 @@ class RemoteEngine:
 
     def count_prompt_tokens(self, messages: list[dict]) -> int:
         """Prompt tokens by the local tokenizer's chat template (the backend's may differ slightly)."""
-        from tutorlm.generation import chat_input_ids
-
-        return int(chat_input_ids(self.tokenizer, messages).shape[-1])
+        return len(chat_prompt_ids(self.tokenizer, messages))
 
     def submit(
         self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None
@@ -127,48 +139,111 @@ class RemoteEngine:
             stream.push(self._relay(request, stream, prompt_tokens))
         except EngineError as error:
             stream.push(error)
-        except Exception as error:  # network trouble: tell the client what and where
-            stream.push(EngineError(f"backend {self.base} failed: {type(error).__name__}: {error}"))
+        except Exception as error:  # network trouble: the log says where, the client what
+            logger.warning("backend %s failed: %s: %s", self.base, type(error).__name__, error)
+            stream.push(EngineError(f"the backend failed ({type(error).__name__})"))
 
     def _release(self) -> None:
         with self._lock:
             self._active -= 1
 
+    def _timeout(self, request: GenerationRequest):
+        """Connect as configured; every later wait (a free connection, each read) ends
+        by the request's deadline."""
+        import httpx
+
+        wait = self.idle_timeout_s
+        if request.deadline is not None:
+            wait = max(0.05, request.deadline - time.monotonic())
+        return httpx.Timeout(
+            connect=min(self.connect_timeout_s, wait), read=wait, write=wait, pool=wait
+        )
+
     def _relay(self, request: GenerationRequest, stream: TokenStream, prompt_tokens: int) -> Finish:
         """Copy the backend's streamed pieces into ``stream``; return how the reply ended."""
-        reason, usage, produced = "length", None, []
-        with self._client.stream(
-            "POST", f"{self.base}/chat/completions", json=self._payload(request)
-        ) as reply:
-            if reply.status_code != 200:
-                reply.read()
-                raise EngineError(
-                    f"backend {self.base} answered {reply.status_code}: {_message(reply)}"
-                )
-            for line in reply.iter_lines():
-                if stream.cancelled.is_set() or (
-                    request.deadline is not None and time.monotonic() >= request.deadline
-                ):
-                    break
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    raise EngineError(f"backend {self.base}: {event['error'].get('message')}")
-                usage = event.get("usage") or usage
-                for choice in event.get("choices") or []:
-                    piece = (choice.get("delta") or {}).get("content")
-                    if piece:
-                        produced.append(piece)
-                        stream.push(piece)
-                    reason = choice.get("finish_reason") or reason
-        if usage:
+        import httpx
+
+        reply_text = _Counted(self.tokenizer, request.max_tokens, stream)
+        reason, usage = "length", None
+        try:
+            with self._client.stream(
+                "POST",
+                f"{self.base}/chat/completions",
+                json=self._payload(request),
+                timeout=self._timeout(request),
+            ) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    raise EngineError(
+                        f"the backend answered {reply.status_code}: {_message(reply)}"
+                    )
+                for line in reply.iter_lines():
+                    if stream.cancelled.is_set() or _past(request.deadline):
+                        break
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise EngineError(f"the backend failed: {event['error'].get('message')}")
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        if not reply_text.add((choice.get("delta") or {}).get("content") or ""):
+                            return Finish("length", prompt_tokens, request.max_tokens)
+                        reason = choice.get("finish_reason") or reason
+        except (httpx.ReadTimeout, httpx.PoolTimeout, httpx.WriteTimeout):
+            reason, usage = "length", None  # the deadline came first: the reply so far
+        if usage and not reply_text.cut:
             return Finish(reason, usage["prompt_tokens"], usage["completion_tokens"])
-        completion = len(self.tokenizer.encode("".join(produced), add_special_tokens=False))
-        return Finish(reason, prompt_tokens, completion)
+        return Finish(reason, prompt_tokens, reply_text.tokens())
+
+
+class _Counted:
+    """The reply's text as it streams in, pushed to ``stream`` up to ``max_tokens``
+    tokens of the local tokenizer.
+
+    Each piece is counted alone (cheap, and never less than its share of the whole);
+    once that estimate reaches the cap, the whole text is counted and, if over it,
+    cut at the cap's token.
+    """
+
+    def __init__(self, tokenizer, max_tokens: int, stream: TokenStream):
+        self.tokenizer, self.max_tokens, self.stream = tokenizer, max_tokens, stream
+        self.pieces: list[str] = []
+        self.estimate = 0
+        self.cut = False
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def add(self, piece: str) -> bool:
+        """Push ``piece`` (or the part of it within the cap); False once the cap is reached."""
+        if not piece:
+            return True
+        self.estimate += len(self._ids(piece))
+        if self.estimate >= self.max_tokens:
+            sent = "".join(self.pieces)
+            ids = self._ids(sent + piece)
+            if len(ids) >= self.max_tokens:
+                kept = self.tokenizer.decode(ids[: self.max_tokens])
+                tail = kept[len(sent) :] if kept.startswith(sent) else ""
+                if tail:
+                    self.pieces.append(tail)
+                    self.stream.push(tail)
+                self.cut = len(ids) > self.max_tokens
+                return False
+        self.pieces.append(piece)
+        self.stream.push(piece)
+        return True
+
+    def tokens(self) -> int:
+        return len(self._ids("".join(self.pieces)))
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def _message(reply) -> str:

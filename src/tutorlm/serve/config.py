@@ -42,6 +42,18 @@ class ServeConfig(BaseModel):
     body_timeout_s: float = Field(default=30.0, gt=0)
     """Time a client has to send its whole request body (408 after it), so that a
     slow or stalled upload cannot hold a connection."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """Time a connection has to send a request's headers, from when it opens or its
+    previous reply ends; then it is closed. A client that opens connections and
+    never finishes them (slowloris) holds each at most this long."""
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest request line and headers together (400 above it)."""
+    max_connections: int = Field(default=128, ge=1)
+    """Open connections at once; a connection beyond it is closed as soon as it is
+    accepted. Keep it above ``max_queue``: a waiting or streaming request holds one."""
+    max_requests_per_key: int = Field(default=16, ge=1)
+    """Requests in progress at once per API key (per client address on a keyless
+    server); more get a 429 with ``Retry-After``, so one client cannot fill the queue."""
     request_timeout_s: float = Field(default=120.0, gt=0)
     """Wall-clock time per request, queueing included. Generation stops at this
     deadline (the reply ends with ``finish_reason: "length"``); a request still

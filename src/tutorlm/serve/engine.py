@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -26,10 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutorlm.errors import TutorlmError
+from tutorlm.serve.prompt import chat_prompt_ids
 from tutorlm.serve.text import IncrementalText
 
 CONSUMER_GRACE_S = 10.0
 """Extra time a reader waits past a request's deadline before giving up on the engine."""
+
+GREEDY_BELOW = 1e-3
+"""Temperatures below this decode greedily. Sampling there already picks the top token
+but for near ties (a logit gap of 0.01 becomes a factor of e^10), and far below it
+``logits / temperature`` overflows float32 to inf and the softmax yields NaN."""
+
+logger = logging.getLogger(__name__)
 
 
 class EngineError(TutorlmError):
@@ -59,6 +68,10 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < GREEDY_BELOW:
+            self.temperature = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,18 +106,19 @@ class TokenStream:
         self.finish: Finish | None = None
         self.first_token_at: float | None = None
         self.on_end = None
-        """Called once, by the engine thread, when the last item is pushed."""
+        """Called once: when the last item is pushed, or when the stream is cancelled,
+        whichever comes first (a client that leaves frees its place in the queue at
+        once, even while the engine is still blocked on its behalf)."""
         self._ended = False
+        self._end_lock = threading.Lock()
 
     def push(self, item: str | Finish | BaseException) -> None:
         """Called by the engine: text pieces, then one ``Finish`` or exception."""
         if isinstance(item, str):
             if self.first_token_at is None:
                 self.first_token_at = time.monotonic()
-        elif not self._ended:
-            self._ended = True
-            if self.on_end is not None:
-                self.on_end()
+        else:
+            self._end()
         if self._loop is None:
             self._sync.put(item)
             return
@@ -114,8 +128,17 @@ class TokenStream:
             self.cancelled.set()
 
     def cancel(self) -> None:
-        """Stop generating this reply (the client went away)."""
+        """Stop generating this reply (the client went away, or it has been read)."""
         self.cancelled.set()
+        self._end()
+
+    def _end(self) -> None:
+        with self._end_lock:
+            if self._ended:
+                return
+            self._ended = True
+        if self.on_end is not None:
+            self.on_end()
 
     def _wait_s(self) -> float | None:
         if self._deadline is None:
@@ -257,10 +280,9 @@ class LocalEngine:
         self._worker.start()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The conversation rendered by the chat template, ready for the reply."""
-        from tutorlm.generation import chat_input_ids
-
-        return chat_input_ids(self.tokenizer, messages)[0].tolist()
+        """The conversation rendered by the chat template, ready for the reply; no
+        message's text can produce the template's special tokens."""
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def count_prompt_tokens(self, messages: list[dict]) -> int:
         """Prompt length in tokens, as ``usage.prompt_tokens`` will report it."""
@@ -341,9 +363,10 @@ class LocalEngine:
                 if runnable:
                     self.batch_sizes[len(runnable)] += 1
                     self._generate(runnable)
-            except Exception as error:  # every request of the batch hears about it
+            except Exception:  # every request of the batch hears about it, the log says why
+                logger.exception("generation failed for a batch of %d", len(runnable))
                 for job in runnable:
-                    job.stream.push(EngineError(f"generation failed: {error}"))
+                    job.stream.push(EngineError("generation failed; the server's log has why"))
 
     def _release(self) -> None:
         """A reply has ended: its place in the queue is free."""

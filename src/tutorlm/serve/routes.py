@@ -11,10 +11,7 @@ stays open for load balancers.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
-import secrets
 import time
 import uuid
 from importlib import resources
@@ -25,6 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from tutorlm.serve.config import ServeConfig
 from tutorlm.serve.engine import EngineBusy, EngineError, GenerationRequest
+from tutorlm.serve.guard import check_key
 from tutorlm.serve.schema import ApiError, parse_request
 from tutorlm.serve.tutor import ConversationError, Tutor, citation_records
 
@@ -46,49 +44,14 @@ PAGE_HEADERS = {
 # -- the API key, as dependencies ---------------------------------------------------------
 
 
-def _presented_key(request: Request) -> str | None:
-    """The key from ``Authorization: Bearer KEY`` or HTTP Basic (any user, password KEY).
-
-    Basic lets a browser reach the page: it asks for the key once and then sends it
-    with every request to the server, the page's API calls included.
-    """
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return decoded.partition(":")[2]
-    return None
-
-
-def _check_key(request: Request, *, page: bool) -> None:
-    api_key = request.app.state.api_key
-    if not api_key:
-        return
-    presented = _presented_key(request)
-    if presented is not None and secrets.compare_digest(presented.encode(), api_key.encode()):
-        return
-    challenge = 'Basic realm="tutorlm"' if page else "Bearer"
-    message = (
-        "this page needs the server's API key (user name: anything, password: the key)"
-        if page
-        else "missing or wrong API key: send the header 'Authorization: Bearer KEY'"
-    )
-    raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": challenge})
-
-
 async def require_api_key(request: Request) -> None:
     """401 with a Bearer challenge unless the request carries the server's key."""
-    _check_key(request, page=False)
+    check_key(request.app.state.api_key, request.headers.get("authorization", ""), page=False)
 
 
 async def require_page_key(request: Request) -> None:
     """401 with a Basic challenge (the browser asks for the key) unless it is given."""
-    _check_key(request, page=True)
+    check_key(request.app.state.api_key, request.headers.get("authorization", ""), page=True)
 
 
 async def served_tutor(request: Request) -> Tutor:

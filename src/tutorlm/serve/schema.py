@@ -149,16 +149,75 @@ def _validation_message(error: ValidationError) -> tuple[str, str | None]:
     return "; ".join(lines), first_param
 
 
+MAX_DEPTH = 16
+"""Deepest nesting of objects and lists a request body may have (a chat request needs 5)."""
+
+MAX_INT_DIGITS = 20
+"""Longest integer literal parsed as an integer; a longer one is read as a float (an
+unbounded one as ``inf``), so that validation names its field instead of Python's
+integer-conversion limit failing the whole parse."""
+
+
+def _parse_int(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= MAX_INT_DIGITS else float(text)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_tree(data: Any) -> None:
+    """Walk the parsed body without recursion: bounded depth, and every string valid
+    Unicode (JSON's ``\\ud800`` escape yields a lone surrogate no tokenizer accepts)."""
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 0)]
+    while stack:
+        value, location, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise ApiError(
+                    400,
+                    f"{_dotted(location) or 'request body'}: nested deeper than {MAX_DEPTH} levels",
+                    param=_dotted(location) or None,
+                    code="invalid_value",
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_text(key, location)
+                stack.append((item, (*location, key), depth + 1))
+        elif isinstance(value, str):
+            _check_text(value, location)
+
+
+def _check_text(text: str, location: tuple) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        where = _dotted(location) or "request body"
+        bad = text[error.start]
+        raise ApiError(
+            400,
+            f"{where}: contains a lone surrogate (\\u{ord(bad):04x}), which is not Unicode text",
+            param=_dotted(location) or None,
+            code="invalid_value",
+        ) from None
+
+
 def parse_request(body: bytes) -> ChatCompletionRequest:
     """The request body as a validated request, or an :class:`ApiError` (400) saying why."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(body, parse_int=_parse_int, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(
+            400, f"request body: nested deeper than {MAX_DEPTH} levels", code="invalid_json"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as error:
         raise ApiError(
             400, f"request body is not valid JSON: {error}", code="invalid_json"
         ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    _check_tree(data)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as error:

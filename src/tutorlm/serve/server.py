@@ -1,5 +1,11 @@
 """Run the app with uvicorn: in the foreground (``tutorlm serve``) or in a background
-thread on a free loopback port (tests, benchmarks, the screenshot script)."""
+thread on a free loopback port (tests, benchmarks, the screenshot script).
+
+The connection limits of ``ServeConfig`` are applied here, below the app: uvicorn
+bounds the headers' size (h11's ``max_incomplete_event_size``) and an idle kept-alive
+connection (``timeout_keep_alive``), but neither the time a client may take to send
+its headers nor how many connections are open. :class:`GuardedH11Protocol` adds both.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import ipaddress
 import socket
 import threading
 import time
+
+from tutorlm.serve.config import ServeConfig
 
 
 def is_loopback(host: str) -> bool:
@@ -19,12 +27,70 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _limits(app) -> ServeConfig:
+    return getattr(app.state, "config", None) or ServeConfig()
+
+
+def guarded_protocol(header_timeout_s: float, max_connections: int) -> type:
+    """uvicorn's h11 protocol with a header deadline and a connection cap.
+
+    A connection must send a complete request head within ``header_timeout_s`` of
+    opening, or of its previous reply ending; else it is closed. A connection opened
+    while ``max_connections`` are open is closed at once.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:  # a request head has arrived
+                self._disarm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self._arm_header_timer()
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
 def _config(app, **kwargs):
     import uvicorn
 
+    limits = _limits(app)
     return uvicorn.Config(
         app,
         log_level=kwargs.pop("log_level", "info"),
+        http=guarded_protocol(limits.header_timeout_s, limits.max_connections),
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
         **kwargs,
