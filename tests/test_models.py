@@ -93,3 +93,70 @@ def test_bundled_model_converts_and_answers_two_plus_two():
         model, tokenizer, [{"role": "user", "content": "What is 2 + 2?"}], max_new_tokens=24
     )
     assert "4" in answer
+
+
+def _copy_without_safetensors(source, target):
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    return target
+
+
+def test_a_pickle_only_model_folder_is_refused_by_every_loader(tiny_model_dir, tmp_path):
+    folder = _copy_without_safetensors(tiny_model_dir, tmp_path / "pickled")
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    message = (
+        f"{folder} has no .safetensors weights; tutorlm loads safetensors only "
+        "(pickle files can run code when loaded). Convert the checkpoint first."
+    )
+    for load in (resolve_model, models.load_model, models.load_tokenizer):
+        with pytest.raises(models.UnsafeModelError) as caught:
+            load(folder)
+        assert str(caught.value) == message
+
+
+def test_a_model_folder_needing_its_own_code_never_runs_it_nor_asks(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "code-ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig",
+               "AutoModelForCausalLM": "evil.EvilModel"}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def no_prompt(*args):
+        raise AssertionError("asked on the terminal")
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    with pytest.raises(models.UnsafeModelError) as caught:
+        models.load_causal_lm(folder)
+    assert str(caught.value) == (
+        f"{folder} needs its own Python code to load (auto_map in its config); "
+        "tutorlm never runs code from a model folder"
+    )
+    assert not marker.exists()
+
+
+def test_the_loader_asks_transformers_for_safetensors_and_no_remote_code(
+    tiny_model_dir, monkeypatch
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    seen = []
+    for auto in (AutoModelForCausalLM, AutoTokenizer):
+        original = auto.from_pretrained.__func__
+
+        def spy(cls, path, *args, _original=original, **options):
+            seen.append(
+                (cls.__name__, options.get("trust_remote_code"), options.get("use_safetensors"))
+            )
+            return _original(cls, path, *args, **options)
+
+        monkeypatch.setattr(auto, "from_pretrained", classmethod(spy))
+    models.load_model(tiny_model_dir)
+    assert seen == [("AutoModelForCausalLM", False, True), ("AutoTokenizer", False, None)]

@@ -9,6 +9,12 @@ Every stage names its model with one string, the *spec*:
 - a hub id such as ``Qwen/Qwen1.5-0.5B-Chat``. Offline by default: only a copy
   already in the local hub cache is used, and a missing one fails at once with a
   message that says how to fix it.
+
+Loading never runs code from a model folder: weights come from safetensors only (a
+pickle file runs code when unpickled) and ``trust_remote_code`` is always False (a
+folder's ``auto_map`` would import its Python files; left unset, transformers asks
+"Do you wish to run the custom code?" on a terminal). ``load_model``,
+``load_causal_lm`` and ``load_tokenizer`` are the loaders every stage uses.
 """
 
 from __future__ import annotations
@@ -32,6 +38,28 @@ CONVERSION_MARKER = "tutorlm-conversion.json"
 
 class ModelNotFoundError(TutorlmError):
     """A model spec that names nothing usable here, with the way to fix it."""
+
+
+class UnsafeModelError(ModelNotFoundError):
+    """A model folder that could run code when loaded: pickle weights only, or its own
+    Python code (``auto_map``)."""
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+"""Weight files that ``torch.load`` unpickles: never loaded."""
+
+
+def require_safetensors(path: Path) -> None:
+    """Refuse a model folder without ``.safetensors`` weights, with the fix.
+
+    Raises:
+        UnsafeModelError: no ``*.safetensors`` file in ``path``.
+    """
+    if not any(Path(path).glob("*.safetensors")):
+        raise UnsafeModelError(
+            f"{path} has no .safetensors weights; tutorlm loads safetensors only "
+            "(pickle files can run code when loaded). Convert the checkpoint first."
+        )
 
 
 def tutorlm_home() -> Path:
@@ -130,6 +158,7 @@ def resolve_model(spec: str | os.PathLike, *, online: bool | None = None) -> Pat
     Raises:
         ModelNotFoundError: for an unknown bundled name, a directory without
             ``config.json``, or a hub id that is not cached while offline.
+        UnsafeModelError: a directory whose weights are pickle files only.
     """
     text = str(spec)
     if text.startswith("bundled:"):
@@ -142,6 +171,8 @@ def resolve_model(spec: str | os.PathLike, *, online: bool | None = None) -> Pat
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a model directory (no config.json)")
+        if any(any(path.glob(pattern)) for pattern in PICKLE_WEIGHTS):
+            require_safetensors(path)  # pickles only: refused before anything loads them
         return path
     return _hub_snapshot(text, online=online)
 
@@ -168,11 +199,48 @@ def _hub_snapshot(repo_id: str, *, online: bool | None) -> Path:
         raise ModelNotFoundError(f"Could not fetch {repo_id!r}: {error}") from error
 
 
+def _without_remote_code(auto_class, path: Path, **options):
+    """``auto_class.from_pretrained(path, trust_remote_code=False, ...)``, with a message
+    instead of transformers' error when the folder needs its own code."""
+    try:
+        return auto_class.from_pretrained(path, trust_remote_code=False, **options)
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise UnsafeModelError(
+            f"{path} needs its own Python code to load (auto_map in its config); "
+            "tutorlm never runs code from a model folder"
+        ) from None
+
+
 def load_tokenizer(spec: str | os.PathLike, *, online: bool | None = None):
-    """The tokenizer of a model spec (with its chat template)."""
+    """The tokenizer of a model spec (with its chat template); no folder code is run."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(spec, online=online))
+    return _without_remote_code(AutoTokenizer, resolve_model(spec, online=online))
+
+
+def load_causal_lm(spec: str | os.PathLike, *, dtype=None, online: bool | None = None, **options):
+    """The causal LM of a spec in eval mode, from safetensors only, no folder code run.
+
+    Args:
+        spec: a bundled name, a local directory or a hub id.
+        dtype: torch dtype for the weights; fp32 by default.
+        online: allow hub downloads (default: ``TUTORLM_ONLINE``).
+        options: more ``from_pretrained`` arguments (``quantization_config``, ...).
+
+    Raises:
+        UnsafeModelError: no safetensors weights, or a folder that needs its own code.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec, online=online)
+    require_safetensors(path)
+    model = _without_remote_code(
+        AutoModelForCausalLM, path, dtype=dtype or torch.float32, use_safetensors=True, **options
+    )
+    return model.eval()
 
 
 def load_model(spec: str | os.PathLike, *, dtype=None, online: bool | None = None):
@@ -182,15 +250,12 @@ def load_model(spec: str | os.PathLike, *, dtype=None, online: bool | None = Non
         spec: a bundled name, a local directory or a hub id.
         dtype: torch dtype for the weights; fp32 by default.
         online: allow hub downloads (default: ``TUTORLM_ONLINE``).
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    Raises:
+        UnsafeModelError: no safetensors weights, or a folder that needs its own code.
+    """
     path = resolve_model(spec, online=online)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    model.eval()
-    return model, tokenizer
+    return load_causal_lm(path, dtype=dtype), load_tokenizer(path)
 
 
 def describe_model(spec: str | os.PathLike, *, online: bool | None = None) -> dict:

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tutorlm.data.formats import follow_umask
+from tutorlm.models import load_causal_lm, load_tokenizer
 from tutorlm.quantize.methods import (
     QuantizeError,
     build_packed_skeleton,
@@ -96,11 +97,11 @@ def _merge_adapter(base: Path, adapter: Path, out_dir: Path) -> None:
     """Merge ``adapter`` into an fp32 copy of ``base`` and save it (with the adapter's tokenizer)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
+    model = load_causal_lm(base, dtype=torch.float32)
     if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
@@ -125,23 +126,16 @@ def quantize_in_memory(source: Path, method: str, *, embeddings: bool = True):
         ``(model, layout)``; ``layout`` is the packed layout (None for other backends).
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
     info = check_available(method)
     if info.backend == "packed":
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, use_safetensors=True
-        )
+        model = load_causal_lm(source, dtype=torch.float32)
         layout = pack_model(model, info.bits, embeddings=embeddings)
         return model.eval(), layout
     kwargs = {"device_map": "cuda"} if info.backend == "bitsandbytes" else {}
     dtype = torch.bfloat16 if info.backend == "bitsandbytes" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(
-        source,
-        dtype=dtype,
-        quantization_config=load_time_config(method),
-        use_safetensors=True,
-        **kwargs,
+    model = load_causal_lm(
+        source, dtype=dtype, quantization_config=load_time_config(method), **kwargs
     )
     return model.eval(), None
 
@@ -173,7 +167,6 @@ def quantize_and_save(
         ``(record, model)``: the record also written as ``quantization.json``, and the
         quantized model it saved.
     """
-    from transformers import AutoTokenizer
 
     from tutorlm.quantize.measure import weight_bytes
 
@@ -184,7 +177,7 @@ def quantize_and_save(
     try:
         with float_source(spec, online=online) as (source, source_info):
             model, layout = quantize_in_memory(source, method, embeddings=embeddings)
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = load_tokenizer(source)
             source_info["weight_bytes"] = _float_weight_bytes(source)
         record = {
             "format": FORMAT,
@@ -270,12 +263,11 @@ def load_quantized(path, *, online: bool | None = None):
             cannot run, or a packed file whose tensors do not fit the layout.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     record = read_record(path)
     info = check_available(record["method"])
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     if record.get("weights") is None:
         source = record["source"]
         spec = source.get("adapter") or source.get("path") or source["spec"]
@@ -288,8 +280,7 @@ def load_quantized(path, *, online: bool | None = None):
         return _load_packed(path, record), tokenizer
     kwargs = {"device_map": "cuda"} if info.backend == "bitsandbytes" else {}
     dtype = torch.bfloat16 if info.backend == "bitsandbytes" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
-    return model.eval(), tokenizer
+    return load_causal_lm(path, dtype=dtype, **kwargs), tokenizer
 
 
 def _load_packed(path: Path, record: dict):
@@ -304,7 +295,7 @@ def _load_packed(path: Path, record: dict):
 
     layout = record.get("layout") or {}
     float_dtype = getattr(torch, record.get("float_dtype", "float32"))
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     with init_empty_weights(include_buffers=False):  # parameters on meta, rotary buffers real
         model = AutoModelForCausalLM.from_config(config, dtype=float_dtype)
     build_packed_skeleton(model, layout, float_dtype)
