@@ -146,11 +146,28 @@ def test_a_full_queue_and_a_passed_deadline_are_busy(engine_factory):
 def test_serving_refuses_a_directory_without_safetensors(tmp_path, tiny_model_dir):
     import shutil
 
+    from tutorlm.models import UnsafeModelError
     from tutorlm.serve.engine import EngineError
 
     folder = tmp_path / "pickled"
     shutil.copytree(tiny_model_dir, folder)
     for weights in folder.glob("*.safetensors"):
         weights.rename(weights.with_suffix(".bin"))
-    with pytest.raises(EngineError, match="has no .safetensors weights"):
+    with pytest.raises((EngineError, UnsafeModelError), match="has no .safetensors weights"):
         load_serving_model(str(folder), device="cpu")
+
+
+def test_tiny_temperatures_decode_greedily_and_do_not_spoil_their_batch(engine_factory, loaded):
+    """1e-300 made logits / temperature overflow to inf: "probability tensor contains
+    inf, nan or element < 0" for it and every request batched with it."""
+    model, tokenizer = loaded
+    engine = engine_factory(max_batch=4, batch_wait_s=0.2)
+    temperatures = [1e-300, 1e-30, 0.0, 5e-324]
+    streams = [
+        engine.submit(GenerationRequest(messages=ask(QUESTIONS[0]), max_tokens=6, temperature=t))
+        for t in temperatures
+    ]
+    greedy = chat(model, tokenizer, ask(QUESTIONS[0]), max_new_tokens=6)
+    assert [stream.text() for stream in streams] == [greedy] * 4
+    assert GenerationRequest(messages=[], max_tokens=1, temperature=1e-300).temperature == 0.0
+    assert GenerationRequest(messages=[], max_tokens=1, temperature=0.5).temperature == 0.5

@@ -71,7 +71,7 @@ class RemoteEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             headers=headers,
-            timeout=httpx.Timeout(connect=connect_timeout_s, read=idle_timeout_s, write=30.0),
+            timeout=httpx.Timeout(idle_timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_concurrency),
         )
         self.model = model or self._first_model()
