@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serve_support import MOMENTUM, build_notes_index, lively_copy
+from serve_support import MOMENTUM, ScriptedEngine, build_notes_index, lively_copy
 
 from tutorlm.generation import chat
 from tutorlm.serve.api import create_app
@@ -117,3 +117,39 @@ def test_an_error_is_shown_on_the_page(page):
     status = page.locator("#status").inner_text()
     assert status.startswith("error: the prompt is") and "at most 400" in status
     assert page.locator("#send").is_enabled()
+
+
+CROSS_SITE_PAGE = """<!doctype html><html><body>
+<form id="attack" method="post" enctype="text/plain" action="{url}/v1/chat/completions">
+<input name='{{"model": "tiny", "messages": [{{"role": "user", "content": "hi"}}], "user": "'
+ value='"}}'></form>
+<script>
+fetch("{url}/v1/chat/completions", {{method: "POST", mode: "no-cors",
+  body: JSON.stringify({{model: "tiny", messages: [{{role: "user", content: "hi"}}]}})}})
+  .finally(() => document.getElementById("attack").submit());
+</script></body></html>"""
+
+
+def test_a_page_on_another_site_cannot_make_a_keyless_server_generate(
+    chromium_browser, tiny_model_dir
+):
+    """A form posting ``text/plain`` and a ``no-cors`` fetch, from http://other.test."""
+    from transformers import AutoTokenizer
+
+    engine = ScriptedEngine(AutoTokenizer.from_pretrained(tiny_model_dir), ["Hi."], name="tiny")
+    with BackgroundServer(create_app(Tutor(engine), ServeConfig())) as running:
+        context = chromium_browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.route(
+            "http://other.test/",
+            lambda route: route.fulfill(
+                content_type="text/html", body=CROSS_SITE_PAGE.format(url=running.url)
+            ),
+        )
+        with page.expect_navigation(url=f"{running.url}/v1/chat/completions"):
+            page.goto("http://other.test/")
+        answer = page.inner_text("body")
+        context.close()
+    assert "this API accepts only application/json" in answer
+    assert engine.requests == []  # nothing was generated

@@ -252,3 +252,18 @@ def test_headers_growing_past_the_cap_get_400(engine):
             running.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 4096
         )
     assert answer.startswith("HTTP/1.1 400"), answer
+
+
+def test_start_up_says_what_a_keyless_server_exposes():
+    from tutorlm.serve.commands import exposure_notes
+
+    assert exposure_notes("127.0.0.1", 8000, None) == [
+        "no API key: every program and user on this machine can generate at 127.0.0.1:8000 "
+        "(other sites' pages cannot: JSON only, Host must be 127.0.0.1, ::1, localhost)"
+    ]
+    loud = exposure_notes("0.0.0.0", 8000, None)
+    assert all(line.startswith("WARNING: ") for line in loud) and len(loud) == 4
+    assert "ANYONE who can reach port 8000" in loud[0]
+    assert exposure_notes("0.0.0.0", 8000, "k") == [
+        "API key required on every route but /health (--host 0.0.0.0)"
+    ]

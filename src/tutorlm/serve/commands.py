@@ -244,6 +244,30 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def exposure_notes(host: str, port: int, api_key: str | None) -> list[str]:
+    """What the server exposes, said at start-up: who can generate, and how loudly."""
+    from tutorlm.serve.guard import allowed_host_names
+    from tutorlm.serve.server import is_loopback
+
+    if api_key:
+        return [f"API key required on every route but /health (--host {host})"]
+    if is_loopback(host):
+        names = ", ".join(sorted(allowed_host_names(host, None)))
+        return [
+            f"no API key: every program and user on this machine can generate at "
+            f"{host}:{port} (other sites' pages cannot: JSON only, Host must be {names})"
+        ]
+    return [
+        "WARNING: " + line
+        for line in (
+            f"--insecure-no-key on --host {host}: ANYONE who can reach port {port} can use",
+            "this server (the API and the page) and spend the model's compute. Set",
+            "--api-key, or put an authenticating reverse proxy in front (docs/serve.md,",
+            "Security).",
+        )
+    ]
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from tutorlm.serve.api import create_app
     from tutorlm.serve.engine import shutdown
@@ -263,6 +287,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         f", notes {settings.rag_dir} ({len(tutor.index)} chunks)" if tutor.index is not None else ""
     )
     print(f"tutorlm serving {tutor.name!r}{notes}: page {where}/, API {where}/v1", file=sys.stderr)
+    for line in exposure_notes(config.host, config.port, args.api_key):
+        print(line, file=sys.stderr)
     try:
         run_server(app, config.host, config.port)
     finally:
