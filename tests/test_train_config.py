@@ -106,3 +106,23 @@ def test_qlora_on_this_cpu_fails_with_what_is_missing(tiny_model_dir, tmp_path):
     ):
         run_sft(recipe)
     assert not recipe.layout.merged("sft").exists()
+
+
+def test_the_adapter_init_depends_on_the_seed_alone(tiny_model_dir):
+    """Two runs with one seed start from the same LoRA weights, whatever random numbers
+    were drawn before the adapter was made; another seed starts elsewhere."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from tutorlm.train.trainers import with_adapter
+
+    def lora_a(seed: int, draws: int) -> torch.Tensor:
+        torch.rand(draws)  # earlier code's random numbers
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        args = type("Args", (), {"seed": seed, "activation_checkpointing": False})()
+        adapted = with_adapter(model, LoraConfig(r=4, target_modules=["q_proj"]), args)
+        return next(p for n, p in adapted.named_parameters() if "lora_A" in n).detach()
+
+    assert torch.equal(lora_a(3, draws=1), lora_a(3, draws=1000))
+    assert not torch.equal(lora_a(3, draws=1), lora_a(4, draws=1))

@@ -30,12 +30,17 @@ from tutorlm.train.losses import preference_loss
 def with_adapter(model, peft_config, args):
     """The model with a fresh LoRA adapter, ready for the arguments' checkpointing.
 
-    Under QLoRA the adapter weights are kept in bf16, the QLoRA paper's recipe.
+    The adapter's random initialisation is drawn right after seeding with
+    ``args.seed``, so it depends on the recipe's seed alone, not on how many random
+    numbers earlier code drew. Under QLoRA the adapter weights are kept in bf16, the
+    QLoRA paper's recipe.
     """
     if peft_config is None:
         return model
     from peft import get_peft_model
+    from transformers import set_seed
 
+    set_seed(args.seed)
     model = get_peft_model(model, peft_config)
     if args.activation_checkpointing:
         model.enable_input_require_grads()  # recomputed blocks need a grad-carrying input
