@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from tutorlm.errors import TutorlmError
-from tutorlm.models import BUNDLED, resolve_model, tutorlm_home
+from tutorlm.models import BUNDLED, load_tokenizer, tutorlm_home
 
 # The real models of the three reports and their architecture families.
 MODEL_FAMILIES: dict[str, str] = {
@@ -82,7 +82,7 @@ def tiny_model(family: str, *, pad_token: bool = True, seed: int = 0) -> Path:
     """
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     name = f"tiny-{family}-seed{seed}" + ("" if pad_token else "-nopad")
     target = tutorlm_home() / "models" / name
@@ -90,7 +90,7 @@ def tiny_model(family: str, *, pad_token: bool = True, seed: int = 0) -> Path:
         return target
     spec = dict(TINY_CONFIGS[family])
     config_class = getattr(transformers, spec.pop("config_class"))
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(BUNDLED))
+    tokenizer = load_tokenizer(BUNDLED)
     config = config_class(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

@@ -35,19 +35,20 @@ def _load(job: dict):
     import accelerate  # noqa: F401  (imported by the packed loader)
     import safetensors.torch  # noqa: F401
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from tutorlm.models import load_causal_lm, load_tokenizer
     from tutorlm.quantize.saving import load_quantized
 
-    config = AutoConfig.from_pretrained(job["path"])
+    config = AutoConfig.from_pretrained(job["path"], trust_remote_code=False)
     AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018  (imports the model's code)
-    tokenizer = AutoTokenizer.from_pretrained(job["path"])
+    tokenizer = load_tokenizer(job["path"])
     started = time.perf_counter()
     if job["quantized"]:
         model, _ = load_quantized(job["path"])
     else:
         dtype = getattr(torch, job.get("dtype") or "float32")
-        model = AutoModelForCausalLM.from_pretrained(job["path"], dtype=dtype).eval()
+        model = load_causal_lm(job["path"], dtype=dtype)
     return model, tokenizer, time.perf_counter() - started
 
 

@@ -131,8 +131,10 @@ def _write_gguf(spec: str, qtype: str, out: Path, *, check: bool, online) -> Non
 
         from tutorlm.generation import chat
 
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+        # a GGUF file holds tensors and metadata only: nothing in it can run code
+        options = {"gguf_file": path.name, "trust_remote_code": False}
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, **options).eval()
         question = [{"role": "user", "content": "What is 2 + 3?"}]
         reply = chat(model, tokenizer, question, max_new_tokens=24)
         print(f"{'':<13} read back by transformers; 'What is 2 + 3?' -> {reply.strip()[:100]!r}")

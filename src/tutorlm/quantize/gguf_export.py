@@ -100,7 +100,8 @@ def _tensor_type(name: str, array, qtype: str):
 def _tokenizer_fields(source: Path, vocab_size: int) -> dict:
     """Tokens, types, merges and special ids from ``tokenizer.json`` / ``tokenizer_config.json``."""
     import gguf
-    from transformers import AutoTokenizer
+
+    from tutorlm.models import load_tokenizer
 
     data = json.loads((source / "tokenizer.json").read_text())
     model = data.get("model", {})
@@ -123,7 +124,7 @@ def _tokenizer_fields(source: Path, vocab_size: int) -> dict:
             tokens.append(f"[PAD{index}]")
             types.append(gguf.TokenType.UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source)
     return {
         "tokens": tokens,
         "types": types,

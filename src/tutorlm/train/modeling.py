@@ -56,14 +56,15 @@ def load_for_training(
         TrainError: QLoRA asked for where it cannot run.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = apply_template(AutoTokenizer.from_pretrained(path), chat_template)
+    from tutorlm.models import load_causal_lm, load_tokenizer
+
+    tokenizer = apply_template(load_tokenizer(path), chat_template)
     kwargs = {"dtype": torch.bfloat16 if bf16 else torch.float32}
     if qlora:
         require_qlora_support()
         kwargs = {"dtype": torch.bfloat16, "quantization_config": qlora_quantization_config()}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = load_causal_lm(path, **kwargs)  # safetensors only, no folder code run
     ensure_pad_token(model, tokenizer)
     return model, tokenizer
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tutorlm.data.formats import atomic_write_text
+from tutorlm.data.formats import atomic_write_text, follow_umask
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +187,10 @@ def export_merged(base_path: Path, adapter_dir: Path, tokenizer, merged_dir: Pat
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    from tutorlm.models import load_causal_lm
+
+    base = load_causal_lm(base_path, dtype=torch.float32)
     if base.get_input_embeddings().weight.shape[0] != len(tokenizer):
         base.resize_token_embeddings(len(tokenizer))  # the adapter carries the trained rows
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -200,6 +201,7 @@ def export_merged(base_path: Path, adapter_dir: Path, tokenizer, merged_dir: Pat
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    follow_umask(tmp)  # safetensors writes its files 0600
     shutil.rmtree(merged_dir, ignore_errors=True)
     tmp.rename(merged_dir)
     return merged_dir
