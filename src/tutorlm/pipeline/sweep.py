@@ -45,6 +45,7 @@ from tutorlm.recipe import (
     SweepVariant,
     load_recipe,
     parse_yaml,
+    read_recipe_text,
     recipe_from_dict,
     save_resolved,
     set_dotted,
@@ -118,7 +119,7 @@ def variants_from_sets(options: Sequence[str]) -> list[SweepVariant]:
 def _read(path: Path) -> tuple[dict, Recipe]:
     """The recipe file as written (a dict) and validated (its errors name file and key)."""
     recipe = load_recipe(path)
-    return parse_yaml(path.read_text()) or {}, recipe
+    return parse_yaml(read_recipe_text(path), origin=str(path)) or {}, recipe
 
 
 def expand_variants(
