@@ -16,7 +16,7 @@ from pathlib import Path
 from rag_support import KeywordEmbedder as KeywordCounts
 
 from tutorlm.serve.engine import Finish, TokenStream
-from tutorlm.serve.prompt import chat_prompt_ids
+from tutorlm.templates import chat_prompt_ids
 
 NOTES = {
     "physics.md": (

@@ -8,11 +8,14 @@ from collections.abc import Iterator
 
 def chat_input_ids(tokenizer, messages: list[dict]):
     """Token ids of a conversation rendered by the tokenizer's chat template, ready to
-    generate the assistant's next turn. Returns a ``(1, T)`` tensor."""
-    encoded = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    return encoded["input_ids"]
+    generate the assistant's next turn, with the messages' text unable to forge the
+    template's control tokens (:func:`tutorlm.templates.chat_prompt_ids`). Returns a
+    ``(1, T)`` tensor."""
+    import torch
+
+    from tutorlm.templates import chat_prompt_ids
+
+    return torch.tensor([chat_prompt_ids(tokenizer, messages)], dtype=torch.long)
 
 
 def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float) -> dict:

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tutorlm.serve.engine import EngineBusy, EngineError, Finish, GenerationRequest, TokenStream
-from tutorlm.serve.prompt import chat_prompt_ids
+from tutorlm.templates import chat_prompt_ids
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutorlm.errors import TutorlmError
-from tutorlm.serve.prompt import chat_prompt_ids
 from tutorlm.serve.text import IncrementalText
+from tutorlm.templates import chat_prompt_ids
 
 CONSUMER_GRACE_S = 10.0
 """Extra time a reader waits past a request's deadline before giving up on the engine."""
