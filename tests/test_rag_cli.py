@@ -95,7 +95,17 @@ def test_eval_rag_needs_questions_and_scores_mcqa_only(tmp_path, capsys):
 
     index = tmp_path / "index"
     index.mkdir()
-    manifest = {"format": FORMAT, "files": {}, "embedder": {"name": "bundled:all-minilm-l6-v2"}}
+    manifest = {  # an index of no files, as a build of an empty folder would write it
+        "format": FORMAT,
+        "files": {},
+        "segments": [],
+        "segment_rows": {},
+        "skipped": [],
+        "n_chunks": 0,
+        "serial": 0,
+        "embedder": {"name": "bundled:all-minilm-l6-v2"},
+        "settings": {},
+    }
     (index / MANIFEST).write_text(json.dumps(manifest))
     args = ["eval", "rag", "--model", "m", "--rag", str(index)]
     assert main(args) == 1
