@@ -153,14 +153,17 @@ class TokenStream:
             raise item
         return item
 
+    def _stalled(self) -> EngineError:
+        """Give up on a request whose engine sent nothing in time (and free its slot)."""
+        self.cancel()
+        return EngineError("the engine stopped answering this request")
+
     def __iter__(self) -> Iterator[str]:
         while True:
             try:
-                item = self._sync.get(timeout=self._wait_s())
+                piece = self._take(self._sync.get(timeout=self._wait_s()))
             except queue.Empty:
-                self.cancel()
-                raise EngineError("the engine stopped answering this request") from None
-            piece = self._take(item)
+                raise self._stalled() from None
             if piece is None:
                 return
             yield piece
@@ -170,10 +173,8 @@ class TokenStream:
             try:
                 item = await asyncio.wait_for(self._async.get(), timeout=self._wait_s())
             except TimeoutError:
-                self.cancel()
-                raise EngineError("the engine stopped answering this request") from None
-            piece = self._take(item)
-            if piece is None:
+                raise self._stalled() from None
+            if (piece := self._take(item)) is None:
                 return
             yield piece
 
