@@ -358,3 +358,90 @@ def test_no_demo_test_question_is_in_any_demo_training_file(demo_built):
     assert sum(manifest["test_questions"].values()) > 0
     dropped = sum(s["dropped"].get("test_question", 0) for s in manifest["sources"].values())
     assert dropped == sum(manifest["test_questions"].values())
+
+
+def _generated_pairs_recipe(root: Path, count: int, duplicate_every: int = 0) -> dict:
+    rows = root / "qa.jsonl"
+    lines = []
+    for i in range(20):
+        n = i % duplicate_every if duplicate_every else i
+        lines.append(json.dumps({"q": f"What is {n} + 1?", "a": f"{n} + 1 = {n + 1}."}))
+    rows.write_text("\n".join(lines) + "\n")
+    source = {
+        "type": "jsonl",
+        "name": "qa_pairs",
+        "path": str(rows),
+        "shape": "qa",
+        "columns": {"question": "q", "answer": "a"},
+        "corrupt": {"method": "model", "n_ops": 2, "ensure_wrong": False},
+        "count": count,
+        "to_split": "train",
+    }
+    return {
+        "name": "generated",
+        "seed": 3,
+        "run_root": str(root),
+        "data": {"prefs": {"split": "80/20", "sources": [source]}},
+    }
+
+
+@pytest.fixture
+def counting_generator(monkeypatch):
+    """Replaces the corruption model: each call is counted and marks the answer with one
+    mark (the same answer gets the same corruption, as a greedy model would)."""
+    from tutorlm.data.rules.corrupt import Corruptor
+
+    calls = []
+
+    def generate(self, op, question, answer, rng):
+        calls.append(question)
+        return f"{answer} [corrupted]"
+
+    monkeypatch.setattr(Corruptor, "_generate", generate)
+    return calls
+
+
+def test_a_model_corrupts_only_the_answers_the_build_keeps(tmp_path, counting_generator):
+    recipe = recipe_from_dict(_generated_pairs_recipe(tmp_path, count=5))
+    manifest = build_data(recipe, progress=False, log=None)
+    pairs = read_records(tmp_path / "generated" / "data" / "prefs.train.jsonl", "preference")
+    assert len(pairs.records) == 5
+    assert len(counting_generator) == 2 * 5  # two operations per kept answer, no more
+    assert sorted(set(counting_generator)) == sorted(p.prompt[-1].content for p in pairs.records)
+    stats = manifest["sources"]["qa_pairs"]
+    assert (stats["read"], stats["kept"], stats["dropped"]) == (20, 5, {"count": 15})
+
+
+def test_sampling_before_generating_still_fills_the_count_past_duplicates(
+    tmp_path, counting_generator
+):
+    recipe = recipe_from_dict(_generated_pairs_recipe(tmp_path, count=4, duplicate_every=4))
+    manifest = build_data(recipe, progress=False, log=None)
+    stats = manifest["sources"]["qa_pairs"]
+    assert stats["kept"] == 4
+    visited = 20 - stats["dropped"]["count"]
+    assert visited == 4 + stats["dropped"].get("duplicate", 0)
+    assert len(counting_generator) == 2 * visited
+    with pytest.raises(DataError, match="count 5 asked but only 4 rows remain"):
+        build_data(
+            recipe_from_dict(_generated_pairs_recipe(tmp_path, count=5, duplicate_every=4)),
+            force=True,
+            progress=False,
+            log=None,
+        )
+
+
+def test_a_generated_source_is_sampled_the_same_way_on_every_build(tmp_path, counting_generator):
+    first = build_data(
+        recipe_from_dict(_generated_pairs_recipe(tmp_path, count=5)), progress=False, log=None
+    )
+    out = tmp_path / "generated" / "data" / "prefs.train.jsonl"
+    before = out.read_bytes()
+    counting_generator.clear()
+    build_data(
+        recipe_from_dict(_generated_pairs_recipe(tmp_path, count=5)),
+        force=True,
+        progress=False,
+        log=None,
+    )
+    assert out.read_bytes() == before and first["outputs"]

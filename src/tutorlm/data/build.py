@@ -7,7 +7,9 @@ Order of work, for each output (a section, or an extra eval set):
    get the system turn and the ``max_tokens`` rule;
 3. exact duplicates are removed across the output's sources;
 4. each source is sampled (``cap``/``count``), the mix is split by ratio, whole
-   groups at a time (:mod:`tutorlm.data.rules.mixing`);
+   groups at a time (:mod:`tutorlm.data.rules.mixing`). A source whose rejected
+   answers a model writes (``corrupt: model``) is sampled *before* step 2 instead,
+   so the model corrupts only the answers the build keeps;
 5. train and val rows of every output are decontaminated against every eval set
    (each test split, each extra eval set, ``extra_eval_files``): a row that asks a
    test question verbatim always goes (``test_question``), then a row sharing a
@@ -105,6 +107,13 @@ def uses_model(outputs: list[Output]) -> bool:
     )
 
 
+def generates(source, kind: str) -> bool:
+    """Whether a model writes part of this source's records (``corrupt: model`` on a
+    preference source): such a source is sampled before it is converted."""
+    corrupt = getattr(source, "corrupt", None)
+    return kind == "preference" and corrupt is not None and corrupt.method == "model"
+
+
 def fingerprint(recipe, outputs: list[Output]) -> str:
     """What the files depend on: the data stage's declared settings
     (:func:`tutorlm.contract.contract`), its inputs and this code.
@@ -185,56 +194,114 @@ class _Builder:
             )
         return self._length_rules[max_tokens]
 
-    def source_rows(self, output: Output, reader) -> list[Row]:
-        """One source's rows, through conversion, records, template and length."""
-        source, stats = reader.config, self.stats[reader.name]
+    def _record_builder(self, output: Output, reader) -> RecordBuilder:
+        return RecordBuilder(
+            reader.config,
+            output.kind,
+            seed=self.seed,
+            section=output.stem,
+            system_prompt=self.data.system_prompt,
+            model=self.recipe.model,
+        )
+
+    def _examples(self, output: Output, reader) -> list:
+        """A source's examples; an error naming the rule that left none."""
+        stats = self.stats[reader.name]
         bar = self.progress.bar(f"{output.stem}:{reader.name}")
         try:
-            if reader.format:
-                rows = []
+            examples = list(reader.examples(stats, bar))
+        finally:
+            if bar is not None:
+                bar.close()
+        if stats.read and not examples:
+            rule = stats.dropped.most_common(1)[0][0]
+            raise DataError(f"source '{reader.name}': rule '{rule}' left 0 of {stats.read} rows")
+        return examples
+
+    def _fit(self, output: Output, reader, row: Row) -> Row | None:
+        """A row with the system turn and the ``max_tokens`` rule; ``None`` if dropped."""
+        if reader.format and self.data.system_prompt and output.kind != "mcqa":
+            row = self._with_system(row)
+        if not output.max_tokens or output.kind == "mcqa":
+            return row
+        stats = self.stats[reader.name]
+        try:
+            record, cut = self.length_rule(output.max_tokens).apply(row.record)
+        except Skip as skip:
+            stats.drop(skip.rule)
+            return None
+        stats.truncated += int(cut)
+        return Row(record, row.group, row.source)
+
+    def source_rows(self, output: Output, reader) -> list[Row]:
+        """One source's rows, through conversion, records, template and length."""
+        stats = self.stats[reader.name]
+        if reader.format:
+            bar = self.progress.bar(f"{output.stem}:{reader.name}")
+            rows = []
+            try:
                 for record in reader.records():
                     stats.read += 1
                     if bar is not None:
                         bar.update()
                     rows.append(Row(record, f"{reader.group_namespace()}:{record.id}", reader.name))
-            else:
-                examples = list(reader.examples(stats, bar))
-                if stats.read and not examples:
-                    rule = stats.dropped.most_common(1)[0][0]
-                    raise DataError(
-                        f"source '{reader.name}': rule '{rule}' left 0 of {stats.read} rows"
-                    )
-                builder = RecordBuilder(
-                    source,
-                    output.kind,
-                    seed=self.seed,
-                    section=output.stem,
-                    system_prompt=self.data.system_prompt,
-                    model=self.recipe.model,
+            finally:
+                if bar is not None:
+                    bar.close()
+        else:
+            examples = self._examples(output, reader)
+            rows = self._record_builder(output, reader).build(examples, stats)
+            if examples and not rows:
+                rule = stats.dropped.most_common(1)[0][0]
+                raise DataError(
+                    f"source '{reader.name}': rule '{rule}' left 0 of {len(examples)} rows"
                 )
-                rows = builder.build(examples, stats)
-                if examples and not rows:
-                    rule = stats.dropped.most_common(1)[0][0]
-                    raise DataError(
-                        f"source '{reader.name}': rule '{rule}' left 0 of {len(examples)} rows"
-                    )
-        finally:
-            if bar is not None:
-                bar.close()
-        if reader.format and self.data.system_prompt and output.kind != "mcqa":
-            rows = [self._with_system(row) for row in rows]
+        fitted = [fit for row in rows if (fit := self._fit(output, reader, row)) is not None]
         if output.max_tokens and output.kind != "mcqa":
-            rule, before, kept = self.length_rule(output.max_tokens), len(rows), []
-            for row in rows:
-                try:
-                    record, cut = rule.apply(row.record)
-                except Skip as skip:
-                    stats.drop(skip.rule)
+            require_rows(fitted, "max_tokens", reader.name, len(rows))
+        return fitted
+
+    def sampled_generated_rows(self, output: Output, reader, seen: set | None, rng) -> list[Row]:
+        """The rows of a source whose records a model generates, sampled first.
+
+        Corrupting an answer with a model costs generations; a source that keeps
+        ``count`` (or ``cap``) of its examples visits them in a seeded random order and
+        stops once it has that many rows that pass every rule (records, length,
+        duplicates), so the model corrupts as many answers as the build keeps (plus
+        the few a rule drops), never the whole dataset. The rows keep their original
+        order; the examples never visited are counted under ``count`` / ``cap``.
+        """
+        source, stats = reader.config, self.stats[reader.name]
+        examples = self._examples(output, reader)
+        want = source.count if source.count is not None else min(source.cap, len(examples))
+        builder = self._record_builder(output, reader)
+        kept: list[tuple[int, Row]] = []
+        visited = 0
+        for index in rng.sample(range(len(examples)), len(examples)):
+            if len(kept) == want:
+                break
+            visited += 1
+            for row in builder.build([examples[index]], stats):
+                fitted = self._fit(output, reader, row)
+                if fitted is None:
                     continue
-                stats.truncated += int(cut)
-                kept.append(Row(record, row.group, row.source))
-            rows = require_rows(kept, "max_tokens", reader.name, before)
-        return rows
+                if seen is not None:
+                    key = dedup_key(fitted.record)
+                    if key in seen:
+                        stats.drop("duplicate")
+                        continue
+                    seen.add(key)
+                kept.append((index, fitted))
+        if source.count is not None and len(kept) < source.count:
+            raise DataError(
+                f"source '{reader.name}': count {source.count} asked but only "
+                f"{len(kept)} rows remain"
+            )
+        if examples and not kept:
+            rule = stats.dropped.most_common(1)[0][0]
+            raise DataError(f"source '{reader.name}': rule '{rule}' left 0 of {visited} rows")
+        stats.drop("cap" if source.cap else "count", len(examples) - visited)
+        return [row for _, row in sorted(kept, key=lambda pair: pair[0])]
 
     def _with_system(self, row: Row) -> Row:
         record = row.record
@@ -244,31 +311,37 @@ class _Builder:
             update = {"prompt": with_system(list(record.prompt), self.data.system_prompt)}
         return Row(record.model_copy(update=update), row.group, row.source)
 
+    def _deduped(self, reader, rows: list[Row], seen: set[str]) -> list[Row]:
+        kept = []
+        for row in rows:
+            key = dedup_key(row.record)
+            if key in seen:
+                self.stats[reader.name].drop("duplicate")
+            else:
+                seen.add(key)
+                kept.append(row)
+        return require_rows(kept, "duplicate", reader.name, len(rows))
+
     def build_output(self, output: Output) -> dict[str, list[Row]]:
-        """All rows of one output, deduplicated, sampled and split."""
-        per_source = [(r, self.source_rows(output, r)) for r in output.readers]
-        if self.data.dedup:
-            seen: set[str] = set()
-            deduped = []
-            for reader, rows in per_source:
-                kept = []
-                for row in rows:
-                    key = dedup_key(row.record)
-                    if key in seen:
-                        self.stats[reader.name].drop("duplicate")
-                    else:
-                        seen.add(key)
-                        kept.append(row)
-                deduped.append((reader, require_rows(kept, "duplicate", reader.name, len(rows))))
-            per_source = deduped
+        """All rows of one output, deduplicated (across its sources, in order), sampled
+        and split."""
+        seen: set[str] | None = set() if self.data.dedup else None
         mixed, pinned = [], []
-        for reader, rows in per_source:
+        for reader in output.readers:
             source = reader.config
             rng = mixing.rng_for(self.seed, output.stem, reader.name, "sample")
-            kept = mixing.sample(
-                rows, cap=source.cap, count=source.count, rng=rng, source=reader.name
-            )
-            self.stats[reader.name].drop("cap" if source.cap else "count", len(rows) - len(kept))
+            if generates(source, output.kind) and (source.cap or source.count):
+                kept = self.sampled_generated_rows(output, reader, seen, rng)
+            else:
+                rows = self.source_rows(output, reader)
+                if seen is not None:
+                    rows = self._deduped(reader, rows, seen)
+                kept = mixing.sample(
+                    rows, cap=source.cap, count=source.count, rng=rng, source=reader.name
+                )
+                self.stats[reader.name].drop(
+                    "cap" if source.cap else "count", len(rows) - len(kept)
+                )
             if source.to_split and not output.eval_set:
                 pinned += [(source.to_split, row) for row in kept]
             else:
