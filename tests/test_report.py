@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tutorlm.report.document import Figure, Section, markdown_table, write_report
-from tutorlm.report.plots import plot_training_curves, read_metrics
+from tutorlm.report.plots import plot_training_curves, read_metrics, training_panels
 
 
 @pytest.fixture
@@ -103,3 +103,42 @@ def test_data_section_names_optional_sources_that_were_missing(tmp_path):
     text = _data(recipe).markdown
     assert "| sft | sft_a | 5 | 4 | empty 1 |" in text
     assert "not in this run**: `epfl_pairs` (private/epfl.jsonl)." in text
+
+
+def test_validation_rows_become_curves_next_to_the_training_ones(metrics):
+    sft, dpo = metrics
+    sft_evals = [
+        {"step": s, "split": "eval", "eval_loss": v} for s, v in ((0, 2.5), (2, 2.0), (4, 1.5))
+    ]
+    dpo_evals = [
+        {"step": s, "split": "eval", "eval_loss": 0.7, "eval_rewards/accuracies": a}
+        for s, a in ((0, 0.0), (3, 0.75))
+    ]
+    panels = {p.title: p.lines for p in training_panels(sft + sft_evals, dpo + dpo_evals)}
+    assert panels["SFT loss"]["validation"] == ([0, 2, 4], [2.5, 2.0, 1.5])
+    assert panels["SFT loss"]["train"][0] == [1, 2, 3, 4, 5]
+    assert panels["DPO reward accuracy"]["validation"] == ([0, 3], [0.0, 0.75])
+    assert set(panels["DPO reward margin"]) == {"train"}  # no eval margins logged
+    assert set(panels["SFT learning rate"]) == {"train"}
+
+
+def test_training_section_reports_validation_loss_and_reward_accuracy(tmp_path):
+    from tutorlm.pipeline.report import _training
+    from tutorlm.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict({"name": "r", "run_root": str(tmp_path)})
+    rows = {
+        "sft": [
+            {"step": 0, "eval_loss": 2.5},
+            {"step": 1, "loss": 2.0},
+            {"step": 1, "eval_loss": 1.5},
+        ],
+        "dpo": [{"step": 1, "loss": 0.6, "rewards/accuracies": 0.5, "rewards/margins": 0.1}],
+    }
+    for stage, lines in rows.items():
+        path = recipe.layout.metrics(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = _training(recipe).markdown
+    assert "| SFT | 1 | 2.000 | 2.000 | – | – | 2.500 | 1.500 | – |" in text
+    assert "| DPO | 1 | 0.600 | 0.600 | 0.500 | 0.100 | – | – | – |" in text

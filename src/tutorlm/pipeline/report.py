@@ -82,6 +82,7 @@ def _training(recipe: Recipe) -> Section:
     rows = []
     for name, metrics in (("SFT", sft), ("DPO", dpo)):
         logged = [row for row in metrics if "loss" in row]
+        evals = [row for row in metrics if "eval_loss" in row]
         if logged:
             first, last = logged[0], logged[-1]
             rows.append(
@@ -92,12 +93,21 @@ def _training(recipe: Recipe) -> Section:
                     last["loss"],
                     last.get("rewards/accuracies"),
                     last.get("rewards/margins"),
+                    evals[0]["eval_loss"] if evals else None,
+                    evals[-1]["eval_loss"] if evals else None,
+                    evals[-1].get("eval_rewards/accuracies") if evals else None,
                 ]
             )
-    text = markdown_table(
-        ["stage", "logged steps", "first loss", "last loss", "reward acc.", "margin"], rows
+    headers = ["stage", "logged steps", "first loss", "last loss", "reward acc.", "margin"]
+    text = markdown_table([*headers, "first val. loss", "last val. loss", "val. reward acc."], rows)
+    text += (
+        "\nValidation figures come from the validation files, evaluated before training, at "
+        "the recipe's `eval_strategy` / `eval_steps` and after training; – where a stage had "
+        "no validation file.\n"
     )
-    return Section("Training", text, [Figure(png, "Training curves of M1 (SFT) and M2 (DPO)")])
+    return Section(
+        "Training", text, [Figure(png, "Training and validation curves of M1 (SFT) and M2 (DPO)")]
+    )
 
 
 def _evaluation(recipe: Recipe) -> Section:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,8 +25,49 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return steps, values
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One panel of the training figure: its title and its lines.
+
+    Attributes:
+        title: what the panel shows (``DPO reward accuracy``).
+        lines: label -> ``(steps, values)``; validation lines (``eval_*`` keys, the
+            recipe's ``eval_strategy`` cadence) next to the training ones.
+    """
+
+    title: str
+    lines: dict[str, tuple[list[float], list[float]]]
+
+
+_PANELS = [
+    ("SFT loss", "sft", "loss"),
+    ("SFT learning rate", "sft", "learning_rate"),
+    ("DPO loss", "dpo", "loss"),
+    ("DPO reward accuracy", "dpo", "rewards/accuracies"),
+    ("DPO reward margin", "dpo", "rewards/margins"),
+    ("DPO learning rate", "dpo", "learning_rate"),
+]
+
+
+def training_panels(sft_rows: list[dict], dpo_rows: list[dict]) -> list[Panel]:
+    """The panels that have data: each metric on training rows, and on validation
+    rows (``eval_<metric>``) where the stage evaluated."""
+    rows = {"sft": sft_rows, "dpo": dpo_rows}
+    panels = []
+    for title, stage, key in _PANELS:
+        lines = {
+            label: _series(rows[stage], name)
+            for label, name in (("train", key), ("validation", f"eval_{key}"))
+        }
+        lines = {label: series for label, series in lines.items() if series[0]}
+        if lines:
+            panels.append(Panel(title, lines))
+    return panels
+
+
 def plot_training_curves(sft_rows: list[dict], dpo_rows: list[dict], out_png: Path) -> Path | None:
-    """One figure: SFT loss and learning rate; DPO loss, reward accuracy and margins.
+    """One figure: SFT loss and learning rate; DPO loss, reward accuracy and margins,
+    with validation curves beside the training ones (:func:`training_panels`).
 
     Returns the PNG path, or None when there is nothing to plot.
     """
@@ -34,29 +76,19 @@ def plot_training_curves(sft_rows: list[dict], dpo_rows: list[dict], out_png: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("SFT loss", sft_rows, ["loss", "eval_loss"]),
-        ("SFT learning rate", sft_rows, ["learning_rate"]),
-        ("DPO loss", dpo_rows, ["loss", "eval_loss"]),
-        ("DPO reward accuracy", dpo_rows, ["rewards/accuracies", "eval_rewards/accuracies"]),
-        ("DPO reward margin", dpo_rows, ["rewards/margins", "eval_rewards/margins"]),
-        ("DPO learning rate", dpo_rows, ["learning_rate"]),
-    ]
-    panels = [p for p in panels if any(_series(p[1], key)[0] for key in p[2])]
+    panels = training_panels(sft_rows, dpo_rows)
     if not panels:
         return None
     columns = 3
     rows = (len(panels) + columns - 1) // columns
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
-    for axis, (title, data, keys) in zip(axes.flat, panels, strict=False):
-        for key in keys:
-            steps, values = _series(data, key)
-            if steps:
-                axis.plot(steps, values, marker="." if len(steps) < 40 else None, label=key)
-        axis.set_title(title)
+    for axis, panel in zip(axes.flat, panels, strict=False):
+        for label, (steps, values) in panel.lines.items():
+            axis.plot(steps, values, marker="." if len(steps) < 40 else None, label=label)
+        axis.set_title(panel.title)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-        if title == "DPO reward accuracy":
+        if panel.title == "DPO reward accuracy":
             axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
             axis.set_ylim(-0.02, 1.02)
         if len(axis.lines) > 1:

@@ -154,7 +154,7 @@ def run_stage(
     del model  # the trainer holds it; finish() releases it before the export
     stage.train(trainer, checkpoint)
     if val_set is not None:
-        trainer.evaluate()
+        stage.evaluate_at_end(trainer)
     return stage.finish(
         trainer,
         recipe,

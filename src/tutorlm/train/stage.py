@@ -163,6 +163,19 @@ def train(trainer, checkpoint: Path | None) -> None:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
+def evaluate_at_end(trainer) -> None:
+    """Evaluate the trained model once, unless the recipe's cadence just did.
+
+    With ``eval_strategy: steps`` the last periodic evaluation may fall on the
+    last step; a second one would add an identical row to ``metrics.jsonl`` and
+    a repeated point to the validation curves.
+    """
+    step = trainer.state.global_step
+    done = any("eval_loss" in log and log.get("step") == step for log in trainer.state.log_history)
+    if not done:
+        trainer.evaluate()
+
+
 def callbacks(
     recipe: Recipe, stage: str, generation_config, stage_info: dict, *, main_process: bool
 ):
