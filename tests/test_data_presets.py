@@ -9,8 +9,9 @@ import pytest
 from tutorlm.data.config import HubSource
 from tutorlm.data.examples import DataError, SourceStats
 from tutorlm.data.rules.records import RecordBuilder
+from tutorlm.data.rules.text import last_boxed
 from tutorlm.data.sources.hub import HubReader
-from tutorlm.data.sources.hub_presets import PRESETS, load_preset_fixture
+from tutorlm.data.sources.hub_presets import CONVERTERS, PARQUET, PRESETS, load_preset_fixture
 
 KIND = {"qa": "sft", "messages": "sft", "pair": "preference", "mc": "mcqa", "ranked": "preference"}
 
@@ -160,7 +161,11 @@ EXPECTED = {
         2,
         {"unlabeled": 1},
         1,
-        {"question": "Making a cake: A woman pours flour into a bowl. she", "label": 0},
+        {
+            "question": "Home and Garden: How to clean a cast iron pan. Rinse the pan with hot "
+            "water. Scrub away stuck-on food with a stiff brush. Do not",
+            "label": 0,
+        },
     ),
 }
 
@@ -289,3 +294,73 @@ def test_hub_rows_through_load_dataset_and_a_missing_column(monkeypatch):
     )
     with pytest.raises(DataError, match="source 'g2': column 'solution' is not in the data"):
         HubReader(bad, "sft", 0, "s").check()
+
+
+def test_hellaswag_is_preprocessed_as_lm_eval_does():
+    """ActivityNet rows get ``ctx_b`` capitalised; WikiHow rows lose their markers,
+    ``[title]`` becoming a sentence break, in the context and in every ending."""
+    activitynet, wikihow = list(reader_for("hellaswag").examples(SourceStats("t", "hub")))
+    assert activitynet.question == "Roof shingle removal: A man is sitting on a roof. He"
+    assert activitynet.choices[3] == "starts pulling up roofing on a roof."
+    assert wikihow.choices == [
+        "soak the pan in the sink, as standing water makes it rust. Dry it at once with a towel.",
+        "paint the pan blue before you cook with it.",
+        "put the pan in the freezer for a week. Serve it cold.",
+        "throw the pan out of the window.",
+    ]
+    assert not any("[" in text for text in [wikihow.question, *wikihow.choices])
+
+
+def test_math_answers_in_every_box_form_the_reference_accepts():
+    assert last_boxed(r"so $\boxed{\frac{7}{8}}$.") == r"\frac{7}{8}"
+    assert last_boxed(r"the answer is $\boxed 5$.") == "5"
+    assert last_boxed(r"the answer is \boxed 12") == "12"
+    assert last_boxed(r"hence \fbox{x^{2}}") == "x^{2}"
+    assert last_boxed(r"\boxed{1}, then \fbox{2}, then $\boxed 3$") == "3"
+    assert last_boxed(r"no box, or \boxed{unclosed") is None
+    solution = {"problem": "?", "solution": r"So it is $\boxed 7$.", "level": "1", "type": "x"}
+    assert CONVERTERS["math"](solution, {})["final"] == "7"
+
+
+def test_presets_of_script_datasets_read_the_parquet_conversion(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(dataset_id, config=None, *, split, data_dir=None, revision=None):
+        calls.append((dataset_id, split, revision))
+        return datasets.Dataset.from_list(load_preset_fixture(dataset_id.split("/")[1].lower()))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    for name in ("hellaswag", "lima"):
+        HubReader(HubSource(type="hub", name=name, preset=name), "mcqa", 0, "s").check()
+    own = HubSource(type="hub", name="h", preset="hellaswag", revision="abc123")
+    HubReader(own, "mcqa", 0, "s").check()
+    assert calls == [
+        ("Rowan/hellaswag", "validation", "refs/convert/parquet"),
+        ("GAIR/lima", "train", "refs/convert/parquet"),
+        ("Rowan/hellaswag", "validation", "abc123"),
+    ]
+    assert [PRESETS[n].revision for n in ("gsm8k", "hellaswag")] == [None, PARQUET]
+
+
+def test_a_loading_script_refusal_says_what_to_do(monkeypatch):
+    """datasets >= 4 refuses a repository with a loading script whatever the network:
+    the hint names ``revision``, not the id, config or network."""
+    import datasets
+
+    def refuse(dataset_id, config=None, *, split, data_dir=None, revision=None):
+        raise RuntimeError("Dataset scripts are no longer supported, but found hellaswag.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setenv("TUTORLM_ONLINE", "1")
+    config = HubSource(type="hub", name="h", preset="hellaswag", revision="main")
+    with pytest.raises(DataError) as error:
+        HubReader(config, "mcqa", 0, "s").check()
+    message = str(error.value)
+    assert message.startswith(
+        "source 'h': cannot load hub dataset 'Rowan/hellaswag' (config None, split "
+        "'validation', revision 'main'): RuntimeError: Dataset scripts are no longer supported"
+    )
+    assert "set revision: refs/convert/parquet" in message
+    assert "network" not in message

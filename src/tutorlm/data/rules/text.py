@@ -92,12 +92,24 @@ def format_number(value: int | float, like: str = "") -> str:
     return f"{value:.{decimals}f}"
 
 
+_BOX_OPENERS = ("\\boxed{", "\\fbox{", "\\boxed ")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in a text (braces balanced), if any."""
-    start = text.rfind("\\boxed{")
+    """Content of the last boxed answer in a text, if any.
+
+    The forms MATH's reference extraction (Hendrycks et al.'s ``last_boxed_only_string``)
+    accepts: ``\\boxed{...}`` and ``\\fbox{...}`` with balanced braces, and the
+    space form ``\\boxed 5`` (up to the closing ``$``, or the end of the text).
+    """
+    start, opener = max((text.rfind(o), o) for o in _BOX_OPENERS)
     if start < 0:
         return None
-    depth, begin = 0, start + len("\\boxed{")
+    begin = start + len(opener)
+    if opener == "\\boxed ":
+        content = text[begin:].split("$")[0].strip()
+        return content or None
+    depth = 0
     for index in range(begin, len(text)):
         if text[index] == "{":
             depth += 1

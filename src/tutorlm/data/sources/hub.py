@@ -35,6 +35,32 @@ def _force_offline() -> None:
         huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+SCRIPT_ERROR = "Dataset scripts are no longer supported"
+"""What ``datasets`` >= 4 raises for a repository that still holds a loading script."""
+
+
+def _hint(error: Exception, online: bool) -> str:
+    """What to do about a failed ``load_dataset``, by its cause.
+
+    A repository with a loading script is refused by ``datasets`` >= 4 whatever the
+    id, config or network; most such datasets have a Parquet copy the hub made on
+    the ``refs/convert/parquet`` branch, which ``revision`` selects.
+    """
+    if SCRIPT_ERROR in str(error):
+        return (
+            "the dataset repository holds a loading script, which datasets >= 4 no "
+            "longer runs: set revision: refs/convert/parquet on the source to read the "
+            "hub's Parquet conversion (or install datasets < 4)"
+        )
+    if not online:
+        return (
+            "tutorlm is offline and the dataset is not in the local datasets cache: "
+            "set TUTORLM_ONLINE=1 to download it, or use a bundled or jsonl source "
+            "(or fixture: true for a smoke run)"
+        )
+    return "check the id, config, split and your network"
+
+
 class HubReader(Reader):
     """Reads a hub dataset (or its preset's fixture rows) and maps its columns."""
 
@@ -48,6 +74,7 @@ class HubReader(Reader):
         self.dataset_config = config.config or (preset.config if preset else None)
         self.split = config.split or (preset.split if preset else "train")
         self.data_dir = config.data_dir or (preset.data_dir if preset else None)
+        self.revision = config.revision or (preset.revision if preset else None)
         self.columns = {**(preset.columns if preset else {}), **config.columns}
         self.converter = CONVERTERS[preset.converter] if preset and preset.converter else None
         self.html = config.html_to_text or bool(preset and preset.html)
@@ -78,21 +105,16 @@ class HubReader(Reader):
                 self.dataset_config,
                 split=self.split,
                 data_dir=self.data_dir,
-                revision=self.config.revision,
+                revision=self.revision,
             )
         except Exception as error:  # name the source and the way out, not the socket
             from tutorlm.models import is_online
 
-            hint = (
-                "tutorlm is offline and the dataset is not in the local datasets cache: "
-                "set TUTORLM_ONLINE=1 to download it, or use a bundled or jsonl source "
-                "(or fixture: true for a smoke run)"
-                if not is_online()
-                else "check the id, config, split and your network"
-            )
+            hint = _hint(error, is_online())
+            revision = f", revision {self.revision!r}" if self.revision else ""
             raise DataError(
                 f"source '{self.name}': cannot load hub dataset {self.dataset_id!r} "
-                f"(config {self.dataset_config!r}, split {self.split!r}): "
+                f"(config {self.dataset_config!r}, split {self.split!r}{revision}): "
                 f"{type(error).__name__}: {str(error)[:200]}. {hint}"
             ) from None
         return self._data
@@ -126,7 +148,7 @@ class HubReader(Reader):
             "config": self.dataset_config,
             "split": self.split,
             "data_dir": self.data_dir,
-            "revision": self.config.revision,
+            "revision": self.revision,
         }
         if self.config.fixture:
             from importlib import resources

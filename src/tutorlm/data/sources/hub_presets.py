@@ -33,6 +33,9 @@ class HubPreset:
     config: str | None = None
     split: str = "train"
     data_dir: str | None = None
+    revision: str | None = None
+    """Git revision to read; ``refs/convert/parquet`` for a repository that still holds
+    a loading script (``datasets`` >= 4 refuses those, not the hub's Parquet copy)."""
     converter: str | None = None
     reads: tuple[str, ...] = ()
     """Columns the converter reads beyond the mapping (checked like the mapping)."""
@@ -41,6 +44,10 @@ class HubPreset:
     html: bool = False
     notes: str = ""
     extra: dict = field(default_factory=dict)
+
+
+PARQUET = "refs/convert/parquet"
+"""The branch where the hub keeps a Parquet copy of a dataset built by a script."""
 
 
 def _gsm8k(row: dict, columns: dict) -> dict:
@@ -55,7 +62,7 @@ def _gsm8k(row: dict, columns: dict) -> dict:
 
 
 def _math(row: dict, columns: dict) -> dict:
-    """MATH solutions put the final answer in the last \\boxed{}."""
+    """MATH solutions put the final answer in the last box (:func:`last_boxed`)."""
     final = last_boxed(row["solution"])
     if final is None:
         raise Skip("no_final_answer")
@@ -77,12 +84,24 @@ def _arc(row: dict, columns: dict) -> dict:
     return {"choices": list(row["choices"]["text"]), "label": labels.index(row["answerKey"])}
 
 
+def _hellaswag_text(text: str) -> str:
+    """lm-eval's HellaSwag preprocessing: the WikiHow half carries ``[title]``,
+    ``[header]``, ``[step]``, ``[substeps]`` markers that no model should score."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
 def _hellaswag(row: dict, columns: dict) -> dict:
-    """HellaSwag: context + four endings; ``label`` is a digit string, empty in test."""
+    """HellaSwag as lm-eval reads it: ``activity_label: ctx_a Ctx_b`` (``ctx_b``
+    capitalised, since it opens a sentence) and the endings, all preprocessed by
+    :func:`_hellaswag_text`; ``label`` is a digit string, empty in test."""
     if str(row["label"]).strip() == "":
         raise Skip("unlabeled")
+    context = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
     return {
-        "question": f"{row['activity_label']}: {row['ctx']}",
+        "question": _hellaswag_text(f"{row['activity_label']}: {context}"),
+        "choices": [_hellaswag_text(ending) for ending in row["endings"]],
         "label": int(row["label"]),
         "subject": None,
     }
@@ -194,6 +213,7 @@ PRESETS: dict[str, HubPreset] = {
         {"messages": "conversations"},
         "lima",
         "ZEPHYR",
+        revision=PARQUET,
         converter="lima",
         notes="gated on the hub; accept its terms first",
     ),
@@ -342,8 +362,9 @@ PRESETS: dict[str, HubPreset] = {
         "hellaswag",
         "ZEPHYR",
         split="validation",
+        revision=PARQUET,
         converter="hellaswag",
-        reads=("activity_label",),
+        reads=("activity_label", "ctx_a", "ctx_b"),
     ),
 }
 
