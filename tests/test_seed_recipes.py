@@ -172,6 +172,7 @@ def test_epfllama_sft_data():
     }
     assert {s.best_answer_min_score for s in sft.sources} == {4}
     assert sft.split == {"train": 0.9, "val": 0.1}  # §2: 90 % / 10 %
+    assert sum(s.cap for s in sft.sources) == 11_000  # §2: "approximately 11,000"
 
 
 def test_epfllama_dpo_data():
