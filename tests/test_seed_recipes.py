@@ -15,6 +15,7 @@ import pytest
 from tutorlm.data.build import build_data
 from tutorlm.pipeline.sweep import differing_keys, expand_variants
 from tutorlm.recipe import load_recipe, recipe_from_dict
+from tutorlm.templates import resolve_template
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -128,6 +129,22 @@ def test_zephyr_sweep_has_the_reports_comparisons():
         "constant",
     )
     assert variant("zephyr", "qlora").recipe.train.qlora is True  # §5
+
+
+SHIPS_A_CHAT_TEMPLATE = {"Qwen/Qwen1.5-0.5B-Chat"}  # ChatML in its tokenizer_config.json
+"""Hub models of the seed recipes whose tokenizer carries its own chat template;
+BLOOM-560M's does not, so a recipe on it must name one."""
+
+
+def test_every_zephyr_variant_renders_chats_with_a_template():
+    variants = expand_variants(RECIPES / "zephyr.yaml")[1]
+    assert {v.name for v in variants} >= {"bloom", "bloom_constant"}
+    for v in variants:
+        template = resolve_template(v.recipe.chat_template)
+        assert template is not None or v.recipe.model in SHIPS_A_CHAT_TEMPLATE, v.name
+    for name in ("bloom", "bloom_constant"):
+        assert variant("zephyr", name).recipe.chat_template == "chatml"
+    assert recipe("zephyr").chat_template is None  # Qwen keeps its own ChatML
 
 
 def test_zephyr_table_1_evaluation():
