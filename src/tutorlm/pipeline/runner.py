@@ -25,6 +25,7 @@ from tutorlm.data.formats import atomic_write_text
 from tutorlm.errors import TutorlmError
 from tutorlm.layout import RunLayout
 from tutorlm.recipe import Recipe
+from tutorlm.train.runtime import require_bitsandbytes
 
 
 @dataclass
@@ -130,9 +131,14 @@ def run_pipeline(
     Args:
         start: re-run this stage and every stage after it (``--from``).
         only: run just this stage (``--only``); its inputs must exist.
+
+    Raises:
+        TrainError: before any stage runs, when the settings of the stages to run
+            need bitsandbytes and it is not installed.
     """
     state = PipelineState.load(recipe.layout)
     forced = select_stages(stages, start=start, only=only)
+    require_bitsandbytes(recipe, [only] if only is not None else [stage.name for stage in stages])
     width = max(len(stage.name) for stage in stages)
     for stage in stages:
         if only is not None and stage.name != only:

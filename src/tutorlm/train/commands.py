@@ -59,9 +59,11 @@ def _run(stage: str, label: str):
         apply_offline_env()
         _log_to_stderr()
         from tutorlm.train.runner import run_stage
+        from tutorlm.train.runtime import require_bitsandbytes
 
-        spec = _spec(stage)
-        result = run_stage(spec, load_recipe(args.recipe, args.overrides), resume=args.resume)
+        recipe = load_recipe(args.recipe, args.overrides)
+        require_bitsandbytes(recipe, [stage])
+        result = run_stage(_spec(stage), recipe, resume=args.resume)
         _report(result, label)
         return 0
 

@@ -1,4 +1,5 @@
-"""What training needs from the machine beyond the hardware layer: QLoRA, and its error.
+"""What training needs from the machine beyond the hardware layer: QLoRA, bitsandbytes,
+and their error.
 
 Device, dtype and threads are decided in ``tutorlm.hardware`` for every stage.
 """
@@ -6,6 +7,7 @@ Device, dtype and threads are decided in ``tutorlm.hardware`` for every stage.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Collection
 
 from tutorlm.errors import TutorlmError
 
@@ -30,7 +32,7 @@ def require_qlora_support() -> None:
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise TrainError(
-            "train.qlora=true needs the bitsandbytes package: pip install bitsandbytes "
+            "train.qlora=true needs the bitsandbytes package: pip install 'tutorlm[gpu]' "
             "(or set train.qlora=false)."
         )
 
@@ -46,3 +48,60 @@ def qlora_quantization_config():
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+
+
+GPU_EXTRA = "pip install 'tutorlm[gpu]'"
+"""The install command of the optional GPU dependencies (bitsandbytes)."""
+
+
+def optim_needs_bitsandbytes(name: str) -> bool:
+    """Whether transformers builds the optimizer ``name`` from bitsandbytes.
+
+    Paged, 8-bit and ``bnb`` variants of AdamW, and bitsandbytes' Lion, RMSprop and
+    AdEMAMix; ``adamw_torch_4bit`` / ``adamw_torch_8bit`` are torchao's, not bitsandbytes'.
+    """
+    name = str(name).lower()
+    if "torch" in name:
+        return False
+    return any(part in name for part in ("paged", "bnb", "8bit", "32bit", "lion", "ademamix"))
+
+
+def bitsandbytes_keys(recipe, stages: Collection[str] = ("sft", "dpo", "quantize")) -> list[str]:
+    """The recipe settings that need bitsandbytes in the given pipeline stages.
+
+    ``train.qlora``, a bitsandbytes ``optim`` in ``train.sft`` / ``train.dpo``, and
+    ``bnb-*`` quantize methods where a CUDA GPU runs them (on a CPU the quantize
+    stage lists them as skipped, so they need nothing).
+    """
+    from tutorlm.hardware import auto_device
+
+    keys = []
+    train = recipe.train
+    if train.qlora and {"sft", "dpo"} & set(stages):
+        keys.append("train.qlora=true")
+    for kind in ("sft", "dpo"):
+        optim = getattr(train, kind).get("optim")
+        if kind in stages and optim is not None and optim_needs_bitsandbytes(optim):
+            keys.append(f"train.{kind}.optim={optim}")
+    if "quantize" in stages and auto_device() == "cuda":
+        keys += [f"quantize.methods: {m}" for m in recipe.quantize.methods if m.startswith("bnb-")]
+    return keys
+
+
+def require_bitsandbytes(recipe, stages: Collection[str] = ("sft", "dpo", "quantize")) -> None:
+    """Fail before anything runs when the recipe needs bitsandbytes and it is missing.
+
+    Called by ``tutorlm run`` before its first stage (so the data build is not spent
+    on a run that stops at SFT) and by ``tutorlm train``.
+
+    Raises:
+        TrainError: naming each recipe key that needs it and the install command.
+    """
+    keys = bitsandbytes_keys(recipe, stages)
+    if keys and importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainError(
+            f"{'; '.join(keys)}: needs the bitsandbytes package, which is not installed. "
+            f"{GPU_EXTRA} (on a CUDA machine), or change "
+            f"{'that setting' if len(keys) == 1 else 'those settings'} "
+            "(`tutorlm run RECIPE --smoke` replaces them with CPU ones)."
+        )
