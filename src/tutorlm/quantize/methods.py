@@ -125,7 +125,7 @@ def check_available(name: str) -> Method:
         )
     if method.backend == "bitsandbytes" and importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizeError(
-            f"method {name!r} needs the bitsandbytes package: pip install bitsandbytes"
+            f"method {name!r} needs the bitsandbytes package: pip install 'tutorlm[gpu]'"
         )
     if method.backend == "torchao" and importlib.util.find_spec("torchao") is None:
         raise QuantizeError(f"method {name!r} needs the torchao package: pip install torchao")
