@@ -16,6 +16,11 @@ def _configure_run(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="shrunk offline run: tiny model of the same family, fixture rows, two steps",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each stage's rows, steps, device, dtype and estimated GPU memory; run nothing",
+    )
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -25,6 +30,12 @@ def _run_run(args: argparse.Namespace) -> int:
     from tutorlm.recipe import load_recipe, save_resolved
 
     recipe = load_recipe(args.recipe, args.overrides, smoke=args.smoke)
+    if args.dry_run:
+        from tutorlm.pipeline.plan import plan_lines
+
+        print(f"dry run of {recipe.name} (nothing is downloaded, built or written)")
+        print("\n".join(plan_lines(recipe.to_dict())))
+        return 0
     save_resolved(recipe)
     print(f"run {recipe.name}: {recipe.run_dir}/")
     run_pipeline(recipe, pipeline_stages(), start=args.start, only=args.only)
