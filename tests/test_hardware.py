@@ -9,6 +9,7 @@ from tutorlm.hardware import (
     cores_busy_between,
     cpu_flags,
     cpu_has_fast_bf16,
+    resolve_device,
     resolve_dtype,
     thread_count,
 )
@@ -79,3 +80,52 @@ def test_resolve_dtype_names_and_auto(monkeypatch):
     assert resolve_dtype("auto") is expected
     with pytest.raises(HardwareError, match="dtype 'fp8' is not one of auto, float32"):
         resolve_dtype("fp8")
+
+
+def _gpus(monkeypatch, count: int) -> None:
+    """Make torch see ``count`` CUDA GPUs (none: no CUDA at all)."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: count > 0)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: count)
+
+
+def test_resolve_device_auto_is_the_gpu_when_there_is_one(monkeypatch):
+    _gpus(monkeypatch, 2)
+    assert resolve_device("auto") == "cuda"
+    _gpus(monkeypatch, 0)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device() == "cpu"
+
+
+def test_resolve_device_takes_cpu_and_existing_gpus_as_given(monkeypatch):
+    _gpus(monkeypatch, 2)
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cuda") == "cuda"
+    assert resolve_device("cuda:0") == "cuda:0"
+    assert resolve_device("CUDA:1") == "cuda:1"
+    _gpus(monkeypatch, 0)
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_resolve_device_refuses_cuda_without_a_gpu(monkeypatch):
+    _gpus(monkeypatch, 0)
+    with pytest.raises(
+        HardwareError, match="device 'cuda' asks for a CUDA GPU, but torch sees none"
+    ):
+        resolve_device("cuda")
+    with pytest.raises(HardwareError, match="device 'cuda:0' asks for a CUDA GPU"):
+        resolve_device("cuda:0")
+
+
+def test_resolve_device_refuses_a_gpu_past_the_count(monkeypatch):
+    _gpus(monkeypatch, 2)
+    with pytest.raises(
+        HardwareError, match=r"asks for GPU 2, but this machine has 2 \(cuda:0 to cuda:1\)"
+    ):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("setting", ["gpu", "mps", "cuda:", "cuda:x", "", "cpu:0"])
+def test_resolve_device_names_the_allowed_values(monkeypatch, setting):
+    _gpus(monkeypatch, 1)
+    with pytest.raises(HardwareError, match="is not one of auto, cpu, cuda, cuda:N"):
+        resolve_device(setting)

@@ -208,3 +208,20 @@ def apply_online(args: argparse.Namespace) -> None:
     reads ``TUTORLM_ONLINE``), also where a stage loads models without asking."""
     if getattr(args, "online", None):
         os.environ["TUTORLM_ONLINE"] = "1"
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device``: the recipe's top-level ``device`` for this command (``None``: the
+    recipe's value, else ``auto``)."""
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="auto (the GPU when there is one; default), cpu, cuda or cuda:N",
+    )
+
+
+def device_overrides(args: argparse.Namespace) -> list[str]:
+    """``['device="cuda:0"']`` when ``--device`` was given, else ``[]``."""
+    device = getattr(args, "device", None)
+    return [f"device={json.dumps(device)}"] if device is not None else []

@@ -11,6 +11,7 @@ serving all decide these here, so two stages never disagree about the same machi
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from tutorlm.errors import TutorlmError
@@ -43,11 +44,52 @@ def cpu_has_fast_bf16(flags: set[str] | None = None) -> bool:
     return any(flag in flags for flag in _BF16_CPU_FLAGS)
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda|cuda:\d+)$"
+"""The device settings a recipe or flag may give: ``auto``, ``cpu``, ``cuda``, ``cuda:N``."""
+
+
 def auto_device() -> str:
     """``cuda`` where a CUDA GPU is visible, else ``cpu``."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(setting: str = "auto") -> str:
+    """The torch device a stage runs its model on, from a device setting.
+
+    ``auto`` is :func:`auto_device`; ``cpu``, ``cuda`` and ``cuda:N`` are taken as
+    given once this machine can honour them. A CUDA request on a machine without
+    that GPU fails here, before any model or data is loaded, rather than at the
+    first tensor moved an hour into a run.
+
+    Raises:
+        HardwareError: a setting that is not a device, CUDA where no CUDA GPU is
+            visible, or ``cuda:N`` past the visible GPUs.
+    """
+    import torch
+
+    text = str(setting).strip().lower()
+    if not re.match(DEVICE_PATTERN, text):
+        raise HardwareError(f"device {setting!r} is not one of auto, cpu, cuda, cuda:N")
+    if text == "auto":
+        return auto_device()
+    if text == "cpu":
+        return text
+    if not torch.cuda.is_available():
+        raise HardwareError(
+            f"device {setting!r} asks for a CUDA GPU, but torch sees none here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+            "use device: cpu or auto"
+        )
+    index = int(text.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise HardwareError(
+            f"device {setting!r} asks for GPU {index}, but this machine has {count} "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+    return text
 
 
 def bf16_is_fast() -> bool:
@@ -99,6 +141,22 @@ def resolve_dtype(dtype):
     if dtype not in DTYPES:
         raise HardwareError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     return auto_dtype() if dtype == "auto" else getattr(torch, dtype)
+
+
+def device_dtype(dtype, device: str):
+    """:func:`resolve_dtype` for a model that runs on ``device``.
+
+    ``auto`` follows the device the model actually runs on, not the machine: on a
+    CUDA device it is :func:`auto_dtype`; on the CPU, bf16 only where the CPU has
+    bf16 instructions, even when a GPU is present but not used.
+    """
+    import torch
+
+    if dtype != "auto":
+        return resolve_dtype(dtype)
+    if str(device).startswith("cuda"):
+        return auto_dtype()
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
 
 
 def thread_count(setting: int | str = "auto") -> int:

@@ -220,13 +220,22 @@ def load_tokenizer(spec: str | os.PathLike, *, online: bool | None = None):
     return _without_remote_code(AutoTokenizer, resolve_model(spec, online=online))
 
 
-def load_causal_lm(spec: str | os.PathLike, *, dtype=None, online: bool | None = None, **options):
+def load_causal_lm(
+    spec: str | os.PathLike,
+    *,
+    dtype=None,
+    online: bool | None = None,
+    device: str | None = None,
+    **options,
+):
     """The causal LM of a spec in eval mode, from safetensors only, no folder code run.
 
     Args:
         spec: a bundled name, a local directory or a hub id.
         dtype: torch dtype for the weights; fp32 by default.
         online: allow hub downloads (default: ``TUTORLM_ONLINE``).
+        device: move the model there (a resolved device, see
+            ``tutorlm.hardware.resolve_device``); None leaves it on the CPU.
         options: more ``from_pretrained`` arguments (``quantization_config``, ...).
 
     Raises:
@@ -240,22 +249,31 @@ def load_causal_lm(spec: str | os.PathLike, *, dtype=None, online: bool | None =
     model = _without_remote_code(
         AutoModelForCausalLM, path, dtype=dtype or torch.float32, use_safetensors=True, **options
     )
+    if device is not None:
+        model = model.to(device)
     return model.eval()
 
 
-def load_model(spec: str | os.PathLike, *, dtype=None, online: bool | None = None):
-    """Load ``(model, tokenizer)`` for a spec, in eval mode on the CPU.
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    dtype=None,
+    online: bool | None = None,
+    device: str | None = None,
+):
+    """Load ``(model, tokenizer)`` for a spec, in eval mode (on the CPU unless ``device``).
 
     Args:
         spec: a bundled name, a local directory or a hub id.
         dtype: torch dtype for the weights; fp32 by default.
         online: allow hub downloads (default: ``TUTORLM_ONLINE``).
+        device: move the model there (a resolved device); None leaves it on the CPU.
 
     Raises:
         UnsafeModelError: no safetensors weights, or a folder that needs its own code.
     """
     path = resolve_model(spec, online=online)
-    return load_causal_lm(path, dtype=dtype), load_tokenizer(path)
+    return load_causal_lm(path, dtype=dtype, device=device), load_tokenizer(path)
 
 
 def describe_model(spec: str | os.PathLike, *, online: bool | None = None) -> dict:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tutorlm.data.config import DataConfig
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.config import EvalConfig
+from tutorlm.hardware import DEVICE_PATTERN
 from tutorlm.layout import RunLayout
 from tutorlm.models import BUNDLED
 from tutorlm.quantize.config import QuantizeConfig
@@ -78,6 +79,10 @@ class Recipe(BaseModel):
     a Jinja string, or None to keep the base model's own (see ``tutorlm.templates``)."""
     run_root: str = "runs"
     """Folder that holds run directories, relative to the working directory."""
+    device: str = "auto"
+    """Where every stage that runs a model runs it: ``auto`` (the GPU when there is
+    one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Checked against this machine
+    by ``tutorlm.hardware.resolve_device`` before a stage loads anything."""
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -91,6 +96,16 @@ class Recipe(BaseModel):
 
     source_path: str | None = Field(default=None, exclude=True)
     """The YAML file this recipe came from (not part of the recipe's identity)."""
+
+    @field_validator("device")
+    @classmethod
+    def _device_shape(cls, device: str) -> str:
+        """The setting's shape only: whether this machine has the GPU is checked when a
+        stage runs (a recipe written on a laptop for a GPU server still loads)."""
+        text = device.strip().lower()
+        if not re.match(DEVICE_PATTERN, text):
+            raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+        return text
 
     @property
     def run_dir(self) -> Path:

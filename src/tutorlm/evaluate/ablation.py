@@ -342,7 +342,12 @@ def run_recipe_ablation(
         from tutorlm.evaluate.scorer import Scorer
         from tutorlm.templates import apply_template
 
-        scorer = Scorer.from_spec(model, dtype=recipe.eval.dtype, batch_size=recipe.eval.batch_size)
+        scorer = Scorer.from_spec(
+            model,
+            dtype=recipe.eval.dtype,
+            device=recipe.device,
+            batch_size=recipe.eval.batch_size,
+        )
         if recipe.chat_template is not None:
             apply_template(scorer.tokenizer, recipe.chat_template)
     settings = recipe.rag

@@ -16,7 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from tutorlm.cli_flags import add_config_flags, add_online_flag, apply_online, overrides
+from tutorlm.cli_flags import (
+    add_config_flags,
+    add_device_flag,
+    add_online_flag,
+    apply_online,
+    device_overrides,
+    overrides,
+)
 from tutorlm.commands import Command
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.config import EvalConfig
@@ -42,6 +49,7 @@ def _add_model_flags(parser: argparse.ArgumentParser, *, required: bool) -> None
     parser.add_argument(
         "--model", required=required, help=f"model spec: bundled name, directory or hub id{default}"
     )
+    add_device_flag(parser)
     add_online_flag(parser)
 
 
@@ -87,7 +95,8 @@ def _run_recipe(args: argparse.Namespace) -> int:
     from tutorlm.recipe import load_recipe
 
     apply_online(args)
-    recipe = load_recipe(args.recipe, [*args.overrides, *overrides(args, "eval")])
+    changes = [*args.overrides, *overrides(args, "eval"), *device_overrides(args)]
+    recipe = load_recipe(args.recipe, changes)
     model = args.model or recipe.layout.final_model()
     results = run_eval(recipe, model, out_dir=args.out, progress=_progress(args), echo=_echo)
     return _report(results)
@@ -139,6 +148,7 @@ def _run_files(args: argparse.Namespace) -> int:
         choice=args.choice,
         generation=args.generation,
         settings=validated(EvalConfig, given(args, "eval"), "eval settings"),
+        device=args.device or "auto",
         progress=_progress(args),
         echo=_echo,
     )
@@ -203,6 +213,7 @@ def _run_rag(args: argparse.Namespace) -> int:
 
     sources, embedder = index_sources(args.index)
     changes = [*args.overrides, *overrides(args, "eval"), *overrides(args, "rag")]
+    changes += device_overrides(args)
     if args.recipe:
         recipe = load_recipe(args.recipe, changes)
     else:

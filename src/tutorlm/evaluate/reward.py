@@ -90,11 +90,11 @@ class RewardResult:
         }
 
 
-def _as_scorer(model, tokenizer, **kwargs) -> Scorer:
+def _as_scorer(model, tokenizer, *, device: str = "auto", **kwargs) -> Scorer:
     if isinstance(model, Scorer):
         return model
     if isinstance(model, str) or hasattr(model, "__fspath__"):
-        return Scorer.from_spec(model, **kwargs)
+        return Scorer.from_spec(model, device=device, **kwargs)
     if tokenizer is None:
         raise ScorerError("a tokenizer is needed when the model is given as an object")
     return Scorer(model, tokenizer, **kwargs)
@@ -128,6 +128,7 @@ def reward_accuracy(
     beta: float = 0.1,
     batch_size: int = 8,
     dtype=None,
+    device: str = "auto",
     seed: int = 0,
     resamples: int = 1000,
 ) -> RewardResult:
@@ -140,11 +141,13 @@ def reward_accuracy(
         tokenizer: needed when a model is given as an object.
         pairs: ``PreferenceRecord``s (prompt, chosen, rejected, source, meta).
         beta: the DPO beta the rewards are scaled by.
+        device: where a policy given as a spec loads (``resolve_device``); a
+            reference given as a spec always loads on the policy's device.
     """
     if not pairs:
         raise ScorerError("reward accuracy needs at least one preference pair")
     options = {"batch_size": batch_size, "dtype": dtype}
-    policy_scorer = _as_scorer(policy, tokenizer, **options)
+    policy_scorer = _as_scorer(policy, tokenizer, device=device, **options)
     tokenizer = policy_scorer.tokenizer
     requests = [
         request
@@ -161,7 +164,7 @@ def reward_accuracy(
         with disable():
             reference_lp = _logprobs(policy_scorer, requests, "reward reference")
     else:
-        reference_scorer = _as_scorer(reference, tokenizer, **options)
+        reference_scorer = _as_scorer(reference, tokenizer, device=policy_scorer.device, **options)
         reference_lp = _logprobs(reference_scorer, requests, "reward reference")
     rows = []
     for index, pair in enumerate(pairs):

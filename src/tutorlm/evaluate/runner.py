@@ -164,7 +164,8 @@ def _choice_items(spec: TaskSpec, path: Path) -> list:
 
 
 def float32_rechecker(model_spec, scorer):
-    """A function that loads ``model_spec`` in float32 once, on first call, for rechecks.
+    """A function that loads ``model_spec`` in float32 once, on first call, for rechecks,
+    on the scorer's device.
 
     Returns None when the scorer already runs in float32.
     """
@@ -179,7 +180,7 @@ def float32_rechecker(model_spec, scorer):
             from tutorlm.evaluate.scorer import Scorer
             from tutorlm.models import load_model
 
-            model, _ = load_model(model_spec, dtype=torch.float32)
+            model, _ = load_model(model_spec, dtype=torch.float32, device=scorer.device)
             cache["scorer"] = Scorer(
                 model, scorer.tokenizer, batch_size=scorer.batch_size, progress=scorer.progress
             )
@@ -302,6 +303,7 @@ def run_tasks(
     echo: Callable[[str], None] = lambda line: None,
     meta: dict | None = None,
     chat_template: str | None = None,
+    device: str = "auto",
 ) -> dict:
     """Run task specs with one model; write ``results.json`` and ``results.md`` in ``out_dir``.
 
@@ -317,10 +319,16 @@ def run_tasks(
         echo: called with one human-readable line per task.
         meta: extra fields for ``results.json`` (recipe name and hash).
         chat_template: the recipe's ``chat_template`` (None keeps the model's own).
+        device: where ``model_spec`` loads (the recipe's ``device``, see
+            ``tutorlm.hardware.resolve_device``); checked before anything runs.
     """
     from tutorlm.evaluate.scorer import Scorer
     from tutorlm.evaluate.tables import results_markdown
 
+    if scorer is None:
+        from tutorlm.hardware import resolve_device
+
+        device = resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -347,13 +355,18 @@ def run_tasks(
         results["threads"] = apply_threads(settings.threads)
     if runnable and scorer is None:
         scorer = Scorer.from_spec(
-            model_spec, dtype=settings.dtype, batch_size=settings.batch_size, progress=progress
+            model_spec,
+            dtype=settings.dtype,
+            device=device,
+            batch_size=settings.batch_size,
+            progress=progress,
         )
     if scorer is not None and chat_template is not None:
         from tutorlm.templates import apply_template
 
         apply_template(scorer.tokenizer, chat_template)
     if scorer is not None:
+        results["device"] = scorer.device
         results["dtype"] = str(scorer.dtype).removeprefix("torch.")
         results["batch_size"] = scorer.batch_size
     recheck = float32_rechecker(model_spec, scorer) if scorer is not None else None
@@ -428,6 +441,7 @@ def run_eval(
         echo=echo or (lambda line: None),
         meta={"recipe": recipe.name, "recipe_hash": recipe.hash()},
         chat_template=recipe.chat_template,
+        device=recipe.device,
     )
 
 
@@ -445,8 +459,11 @@ def evaluate_files(
     seed: int = 0,
     progress: bool = False,
     echo=None,
+    device: str = "auto",
 ) -> dict:
-    """Evaluate a model on files given directly; MCQA predictions go to ``out_dir/predictions.jsonl``."""
+    """Evaluate a model on files given directly; MCQA predictions go to ``out_dir/predictions.jsonl``.
+
+    ``device``: where the model and the reward reference run (``resolve_device``)."""
     settings = settings or EvalConfig()
     specs = []
     if mcqa:
@@ -472,4 +489,5 @@ def evaluate_files(
         reference=reference,
         progress=progress,
         echo=echo or (lambda line: None),
+        device=device,
     )

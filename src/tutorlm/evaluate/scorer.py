@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.batches import Batcher, Group, Job, NextTokens
-from tutorlm.hardware import DTYPES, resolve_dtype
+from tutorlm.hardware import DTYPES, device_dtype, resolve_device, resolve_dtype
 
 __all__ = [
     "DTYPES",
@@ -123,12 +123,25 @@ class Scorer:
         self.batcher = Batcher(self.model, pad_token_id=self.pad_token_id, batch_size=batch_size)
 
     @classmethod
-    def from_spec(cls, spec, *, dtype="auto", online: bool | None = None, **kwargs) -> Scorer:
-        """Load a model spec (bundled name, directory, hub id) and wrap it."""
+    def from_spec(
+        cls, spec, *, dtype="auto", device: str = "auto", online: bool | None = None, **kwargs
+    ) -> Scorer:
+        """Load a model spec (bundled name, directory, hub id) onto ``device`` and wrap it.
+
+        ``device`` is a setting for ``tutorlm.hardware.resolve_device`` (checked before
+        the weights load); ``dtype`` ``auto`` follows that device (``device_dtype``).
+        """
         from tutorlm.models import load_model
 
-        model, tokenizer = load_model(spec, dtype=resolve_dtype(dtype), online=online)
+        device = resolve_device(device)
+        dtype = device_dtype(dtype, device)
+        model, tokenizer = load_model(spec, dtype=dtype, online=online, device=device)
         return cls(model, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> str:
+        """The device of the model's weights (``cpu``, ``cuda:0``)."""
+        return str(next(self.model.parameters()).device)
 
     @property
     def batch_size(self) -> int:

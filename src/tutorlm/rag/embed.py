@@ -55,17 +55,18 @@ def resolve_embedder_path(spec: str) -> str:
 
 
 class SentenceEmbedder:
-    """A sentence-transformers model on the CPU (or the GPU when there is one)."""
+    """A sentence-transformers model on ``device`` (``tutorlm.hardware.resolve_device``;
+    ``auto``: the GPU when there is one, else the CPU)."""
 
-    def __init__(self, spec: str = BUNDLED_EMBEDDER, *, batch_size: int = 64):
+    def __init__(self, spec: str = BUNDLED_EMBEDDER, *, batch_size: int = 64, device: str = "auto"):
+        from tutorlm.hardware import resolve_device
+
+        device = resolve_device(device)  # a CUDA request without a GPU fails before loading
         from tutorlm.models import apply_offline_env
 
         apply_offline_env()
         from sentence_transformers import SentenceTransformer
 
-        from tutorlm.hardware import auto_device
-
-        device = auto_device()
         try:
             self.model = SentenceTransformer(resolve_embedder_path(spec), device=device)
         except (OSError, ValueError) as error:
@@ -97,6 +98,6 @@ class SentenceEmbedder:
         return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
 
-def load_embedder(spec: str = BUNDLED_EMBEDDER) -> SentenceEmbedder:
-    """The embedding model named by ``spec`` (bundled name, directory or hub id)."""
-    return SentenceEmbedder(spec)
+def load_embedder(spec: str = BUNDLED_EMBEDDER, *, device: str = "auto") -> SentenceEmbedder:
+    """The embedding model named by ``spec`` (bundled name, directory or hub id) on ``device``."""
+    return SentenceEmbedder(spec, device=device)

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tutorlm.cli_flags import add_config_flags, add_online_flag, given, validated
+from tutorlm.cli_flags import add_config_flags, add_device_flag, add_online_flag, given, validated
 from tutorlm.commands import Command
 from tutorlm.errors import TutorlmError
 from tutorlm.models import BUNDLED
@@ -91,7 +91,7 @@ def _add_tutor_arguments(parser: argparse.ArgumentParser, fields=None) -> None:
         "--backend-model", default=None, help="model id on the backend (default: its first)"
     )
     parser.add_argument("--backend-api-key", default=None, help="API key of the backend")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    add_device_flag(parser)
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -116,6 +116,8 @@ class Settings:
     k: int
     budget_tokens: int
     chat_template: str | None
+    device: str = "auto"
+    """``--device``, else the recipe's ``device``, else ``auto`` (``resolve_device``)."""
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
@@ -125,11 +127,13 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         TutorlmError: a setting out of range, named by its field.
     """
     base, rag, model, rag_dir, template = ServeConfig(), RagConfig(), None, None, None
+    device = "auto"
     if args.recipe:
         from tutorlm.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
         base, rag, template = recipe.serve, recipe.rag, recipe.chat_template
+        device = recipe.device
         model = recipe.layout.final_model()
         index = recipe.layout.index
         rag_dir = str(index) if index.is_dir() else None
@@ -147,6 +151,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         k=config.rag_k or rag.k,
         budget_tokens=config.rag_budget_tokens or rag.budget_tokens,
         chat_template=args.chat_template or template,
+        device=getattr(args, "device", None) or device,
     )
 
 
@@ -177,7 +182,7 @@ def build_tutor(args: argparse.Namespace, settings: Settings):
 
         model, tokenizer = load_serving_model(
             settings.model,
-            device=args.device,
+            device=settings.device,
             trust_remote_code=args.trust_remote_code,
             online=args.online,
         )

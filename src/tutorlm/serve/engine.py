@@ -229,9 +229,10 @@ def load_serving_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tutorlm.hardware import auto_device, generation_dtype
+    from tutorlm.hardware import generation_dtype, resolve_device
     from tutorlm.models import apply_offline_env, resolve_model
 
+    device = resolve_device(device)  # a CUDA request without a GPU fails before loading
     apply_offline_env(online)
     path = Path(resolve_model(spec, online=online))
     if not any(path.glob("*.safetensors")):
@@ -239,8 +240,6 @@ def load_serving_model(
             f"{path} has no .safetensors weights; tutorlm serves safetensors only "
             "(pickle files can run code when loaded). Convert the checkpoint first."
         )
-    if device == "auto":
-        device = auto_device()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path,
