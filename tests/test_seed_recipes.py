@@ -96,6 +96,8 @@ def test_zephyr_table_2_sft_hyperparameters():
         "optim": "adamw_torch",
         "num_train_epochs": 2,
         "max_length": 2_048,
+        "eval_strategy": "steps",  # Figs. 2-3's validation curves
+        "eval_steps": 100,
     }
     assert (train.lora.r, train.lora.alpha) == (8, 16)
     assert train.dpo_lora is None  # Table 3: the same LoRA r 8, alpha 16
@@ -114,6 +116,8 @@ def test_zephyr_table_3_dpo_hyperparameters():
         "optim": "adamw_torch",
         "num_train_epochs": 3,
         "max_length": 2_048,
+        "eval_strategy": "steps",  # §4's validation reward accuracy
+        "eval_steps": 20,
     }
     assert (train.loss, train.beta, train.eps, train.dpo_start) == ("dpo", 0.1, 0.0, "m1")
 
@@ -227,7 +231,10 @@ def test_epfllama_training_hyperparameters():
         "num_train_epochs": 2,
         "max_length": 2_048,
         "bf16": True,
+        "eval_strategy": "steps",  # Figs. 5-6's validation curves
+        "eval_steps": 500,
     }
+    assert train.sft["eval_steps"] == 200  # Fig. 2's SFT validation loss
     assert variant("epfllama", "beta0.4").recipe.train.beta == 0.4  # §4.3
     assert variant("epfllama", "beta0.1").recipe.train.beta == 0.1
 
