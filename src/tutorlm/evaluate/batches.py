@@ -13,6 +13,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tutorlm.errors import TutorlmError
+
+
+class BatchMemoryError(TutorlmError, RuntimeError):
+    """One input alone does not fit in the device's memory, even at batch size 1."""
+
 
 @dataclass
 class Job:
@@ -114,16 +120,57 @@ class Batcher:
             mask[r, span] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def batches(self, items: list, forward: Callable):
+        """``(batch, forward(batch))`` over consecutive batches of ``items``, halving the
+        batch size on out-of-memory until a batch fits.
+
+        A batch size that fits the machine cannot be known before the first pass (it
+        depends on the longest input, which comes first), so, as lm-evaluation-harness
+        and accelerate's ``find_executable_batch_size`` do, a batch that runs out of
+        memory is retried at half the size, down to 1; the smaller size stays for the
+        rest of the run (inputs only get shorter). Only ``forward`` is retried: the
+        caller reads a batch's results after it succeeded, so nothing is counted twice.
+
+        Raises:
+            BatchMemoryError: one input alone does not fit.
+        """
+        first = 0
+        while first < len(items):
+            batch = items[first : first + self.batch_size]
+            try:
+                outputs = forward(batch)
+            except (RuntimeError, MemoryError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                self._halve(error)
+                continue
+            yield batch, outputs
+            first += len(batch)
+
+    def _halve(self, error: BaseException) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.batch_size == 1:
+            raise BatchMemoryError(
+                f"out of memory scoring one input alone on {self.device} ({error}); "
+                "lower eval.perplexity_window or the input length, use a smaller dtype, "
+                "or run on a device with more memory"
+            ) from error
+        self.batch_size = max(1, self.batch_size // 2)
+
     def run(self, jobs: list[Job], bar) -> None:
         """Run jobs longest first in batches of neighbours, handing each its log-probs."""
         import torch
 
+        def forward(batch: list[Job]):
+            keep = max(job.keep for job in batch)
+            return keep, self._forward([job.input_ids for job in batch], keep)
+
         jobs = sorted(jobs, key=lambda job: -len(job.input_ids))
         with torch.inference_mode():
-            for first in range(0, len(jobs), self.batch_size):
-                batch = jobs[first : first + self.batch_size]
-                keep = max(job.keep for job in batch)
-                logits, hidden, _, _ = self._forward([job.input_ids for job in batch], keep)
+            for batch, (keep, (logits, hidden, _, _)) in self.batches(jobs, forward):
                 for row, job in enumerate(batch):
                     rows = slice(keep - job.keep, keep)
                     states = None if hidden is None else hidden[row, rows]
@@ -167,29 +214,32 @@ class Batcher:
         """
         import torch
 
+        def forward(batch: list[Group]):
+            first_logits, first_hidden, mask, context_out = self._forward(
+                [group.context for group in batch], 1, use_cache=True
+            )
+            rows = [(b, read, tokens) for b, g in enumerate(batch) for read, tokens in g.items]
+            owners = torch.tensor([b for b, _, _ in rows], device=mask.device)
+            cache = context_out.past_key_values
+            cache.batch_select_indices(owners)
+            ids, tail_mask = self.pad([tokens[:-1] for _, _, tokens in rows], left=False)
+            width = ids.shape[1]
+            starts = mask.sum(-1)[owners][:, None]
+            output, hidden = self._call(
+                {
+                    "input_ids": ids,
+                    "attention_mask": torch.cat([mask[owners], tail_mask], dim=-1),
+                    "position_ids": starts + torch.arange(width, device=ids.device),
+                    "past_key_values": cache,
+                },
+                width,
+            )
+            return rows, first_logits, first_hidden, output, hidden
+
         groups = sorted(groups, key=lambda group: -len(group.context))
         with torch.inference_mode():
-            for first in range(0, len(groups), self.batch_size):
-                batch = groups[first : first + self.batch_size]
-                first_logits, first_hidden, mask, context_out = self._forward(
-                    [group.context for group in batch], 1, use_cache=True
-                )
-                rows = [(b, read, tokens) for b, g in enumerate(batch) for read, tokens in g.items]
-                owners = torch.tensor([b for b, _, _ in rows], device=mask.device)
-                cache = context_out.past_key_values
-                cache.batch_select_indices(owners)
-                ids, tail_mask = self.pad([tokens[:-1] for _, _, tokens in rows], left=False)
-                width = ids.shape[1]
-                starts = mask.sum(-1)[owners][:, None]
-                output, hidden = self._call(
-                    {
-                        "input_ids": ids,
-                        "attention_mask": torch.cat([mask[owners], tail_mask], dim=-1),
-                        "position_ids": starts + torch.arange(width, device=ids.device),
-                        "past_key_values": cache,
-                    },
-                    width,
-                )
+            for batch, outputs in self.batches(groups, forward):
+                rows, first_logits, first_hidden, output, hidden = outputs
                 for r, (b, read, tokens) in enumerate(rows):
                     n = len(tokens)
                     logits = torch.cat([first_logits[b], output.logits[r, : n - 1]])
@@ -198,6 +248,17 @@ class Batcher:
                         states = torch.cat([first_hidden[b], hidden[r, : n - 1]])
                     read(NextTokens(logits, states, self.float_head))
                 bar.update(len(batch))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device running out of memory (CUDA's own error, or the
+    ``RuntimeError`` other backends and older torch raise with "out of memory")."""
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(error, oom):
+        return True
+    return isinstance(error, RuntimeError | MemoryError) and "out of memory" in str(error).lower()
 
 
 def _float_head(model):

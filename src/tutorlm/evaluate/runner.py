@@ -392,6 +392,8 @@ def run_tasks(
         entry["wall_seconds"] = round(time.perf_counter() - started, 2)
         results["tasks"][spec.name] = entry
         echo(f"{spec.name:<18} {line}")
+    if scorer is not None:
+        results["batch_size"] = scorer.batch_size  # halved where a pass ran out of memory
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     (out_dir / "results.md").write_text(results_markdown(results))
     return results

@@ -89,7 +89,8 @@ class Scorer:
         model: a causal LM (transformers, PEFT, or anything with the same
             ``forward(input_ids, attention_mask, ...) -> .logits``).
         tokenizer: its tokenizer.
-        batch_size: inputs per forward pass.
+        batch_size: inputs per forward pass at most; halved for the rest of the run
+            when a pass runs out of memory (see ``Batcher.batches``).
         dtype: cast the model to this dtype first (in place): a torch dtype, a
             name from ``tutorlm.hardware.DTYPES`` (``auto``: bf16 where it is fast), or None to keep it as it is.
         max_length: longest input; default the model's ``max_position_embeddings``.
@@ -145,7 +146,7 @@ class Scorer:
 
     @property
     def batch_size(self) -> int:
-        """Inputs per forward pass."""
+        """Inputs per forward pass: the one asked for, or less after out-of-memory."""
         return self.batcher.batch_size
 
     @property
