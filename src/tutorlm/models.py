@@ -261,17 +261,8 @@ def load_model(
     online: bool | None = None,
     device: str | None = None,
 ):
-    """Load ``(model, tokenizer)`` for a spec, in eval mode (on the CPU unless ``device``).
-
-    Args:
-        spec: a bundled name, a local directory or a hub id.
-        dtype: torch dtype for the weights; fp32 by default.
-        online: allow hub downloads (default: ``TUTORLM_ONLINE``).
-        device: move the model there (a resolved device); None leaves it on the CPU.
-
-    Raises:
-        UnsafeModelError: no safetensors weights, or a folder that needs its own code.
-    """
+    """``(model, tokenizer)`` of a spec: :func:`load_causal_lm` (same arguments, same
+    errors) and the tokenizer beside it."""
     path = resolve_model(spec, online=online)
     return load_causal_lm(path, dtype=dtype, device=device), load_tokenizer(path)
 
