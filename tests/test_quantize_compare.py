@@ -191,3 +191,96 @@ def test_quantize_command_refuses_gpu_methods_on_cpu(tiny_model_dir, tmp_path, c
     assert status == 1
     assert "error: method 'bnb-int8' needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _fake_row(job: dict, isolate: bool) -> dict:
+    """What ``_run_row`` returns, without loading anything."""
+    generation = {
+        "tokens_per_second": 10.0,
+        "tokens_per_cpu_second": 5.0,
+        "ttft_seconds": 0.01,
+        "new_tokens": 4,
+        "prompt_tokens": 8,
+        "runs": [1.0],
+    }
+    return {
+        "label": job["label"],
+        "path": job["path"],
+        "device": job["device"],
+        "load_seconds": 0.1,
+        "weight_bytes": 2**20,
+        "threads": 1,
+        "load_average": 0.0,
+        "generation": generation,
+        "peak_rss_bytes": None,
+        "peak_gpu_bytes": None,
+        "tasks": {},
+    }
+
+
+@pytest.fixture
+def gpu_machine(monkeypatch):
+    """A machine where torch sees one CUDA GPU (nothing is ever moved onto it)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+
+
+@pytest.mark.parametrize(
+    ("device", "measured", "skipped", "reason"),
+    [
+        ("auto", ["fp32", "int8-weight"], "int8-packed", "runs on torch's CPU kernels only"),
+        ("cuda:0", ["fp32", "int8-weight"], "int8-packed", "the device is cuda:0"),
+        ("cpu", ["fp32", "int8-packed", "int8-weight"], "bnb-int8", "the device is cpu"),
+    ],
+)
+def test_every_row_runs_on_the_recipe_device_and_others_are_skipped_with_why(
+    tiny_model_dir, tmp_path, monkeypatch, gpu_machine, device, measured, skipped, reason
+):
+    from tutorlm.quantize import compare
+
+    jobs = []
+    monkeypatch.setattr(
+        compare, "_run_row", lambda job, isolate: jobs.append(job) or _fake_row(job, isolate)
+    )
+    monkeypatch.setattr(compare, "quantize_to_dir", lambda *args, **kwargs: {})
+    text = tmp_path / "notes.md"
+    text.write_text("Force equals mass times acceleration.\n")
+    recipe = recipe_from_dict(
+        {
+            "name": "q",
+            "run_root": str(tmp_path / "runs"),
+            "model": str(tiny_model_dir),
+            "device": device,
+            "eval": {"perplexity_files": [str(text)]},
+            "quantize": {
+                "methods": ["int8-packed", "int8-weight", "bnb-int8"],
+                "references": ["float32"],
+                "tasks": ["perplexity_notes"],
+            },
+        }
+    )
+    out = tmp_path / "cmp"
+    rows = compare.run_quantize_compare(recipe, str(tiny_model_dir), out, reference="none")
+    resolved = "cuda" if device == "auto" else device
+    assert [row["label"] for row in rows] == measured
+    assert [job["device"] for job in jobs] == [resolved] * len(measured)
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["device"] == resolved
+    assert reason in summary["skipped_rows"][skipped]
+    table = (out / "compare.md").read_text()
+    header, _, *lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert header.split(" | ")[11] == "device"
+    assert [line.split(" | ")[11] for line in lines] == [resolved] * len(measured)
+    assert f"Not measured: {skipped}: " in table
+
+
+def test_a_cpu_only_method_on_cuda_is_refused_with_the_alternatives(gpu_machine):
+    from tutorlm.quantize.methods import QuantizeError, check_available
+
+    with pytest.raises(QuantizeError, match="runs on torch's CPU kernels only.*int8-weight"):
+        check_available("int4-packed", "cuda")
+    assert check_available("int4-packed", "cpu").bits == 4
+    assert check_available("int8-weight", "cuda").backend == "torchao"

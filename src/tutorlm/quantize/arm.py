@@ -13,7 +13,8 @@ A job is a JSON object:
 ``generation`` (``prompt``, ``new_tokens``, ``repeats``), ``threads``,
 ``tasks`` (list of ``{name, kind, paths, limit}``), ``eval`` (the recipe's
 ``eval`` section), ``seed``, ``reference`` (reward reference spec),
-``chat_template``, ``out_dir`` (predictions go there).
+``chat_template``, ``out_dir`` (predictions go there), ``device`` (the resolved
+device every row of one comparison runs on; default ``cpu``).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ def _load(job: dict):
     config = AutoConfig.from_pretrained(job["path"], trust_remote_code=False)
     AutoModelForCausalLM._model_mapping[type(config)]  # noqa: B018  (imports the model's code)
     tokenizer = load_tokenizer(job["path"])
+    device = job.get("device") or "cpu"
     started = time.perf_counter()
     if job["quantized"]:
-        model, _ = load_quantized(job["path"])
+        model, _ = load_quantized(job["path"], device=device)
     else:
         dtype = getattr(torch, job.get("dtype") or "float32")
-        model = load_causal_lm(job["path"], dtype=dtype)
+        model = load_causal_lm(job["path"], dtype=dtype, device=device)
     return model, tokenizer, time.perf_counter() - started
 
 
@@ -103,6 +105,7 @@ def measure_row(job: dict, *, isolated: bool = True) -> dict:
     row: dict = {
         "label": job["label"],
         "path": job["path"],
+        "device": job.get("device") or "cpu",
         "load_seconds": load_seconds,
         "weight_bytes": weight_bytes(model),
         "threads": torch.get_num_threads(),

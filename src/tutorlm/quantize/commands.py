@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tutorlm.cli_flags import add_online_flag
+from tutorlm.cli_flags import add_device_flag, add_online_flag
 from tutorlm.commands import Command
 
 
@@ -157,6 +157,7 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-isolate", action="store_true", help="all rows in this process (no RSS column)"
     )
+    add_device_flag(parser)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -186,6 +187,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         mcqa=args.mcqa,
         prefs=args.prefs,
         reference=args.reference,
+        device=args.device,
         echo=print,
     )
     print()

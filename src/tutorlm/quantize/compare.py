@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tutorlm.errors import TutorlmError
+from tutorlm.hardware import resolve_device
 from tutorlm.quantize.methods import METHODS, QuantizeError, check_available
 from tutorlm.quantize.saving import RECORD_FILE, float_source, quantize_to_dir
 
@@ -146,9 +147,15 @@ def run_quantize_compare(
     mcqa=None,
     prefs=None,
     reference=None,
+    device: str | None = None,
     echo: Callable[[str], None] = lambda line: None,
 ) -> list[dict]:
     """Quantize a model with every method and measure all rows; writes the table and plot.
+
+    Every row runs on one device, the recipe's (``hardware.resolve_device``), so the
+    reference rows and the quantized ones are compared on the same hardware; a method
+    that cannot run there (packed CPU kernels on CUDA, bitsandbytes on the CPU) is
+    listed as not measured, with the reason.
 
     Args:
         recipe: a :class:`tutorlm.recipe.Recipe` (its ``quantize`` and ``eval`` sections).
@@ -159,6 +166,7 @@ def run_quantize_compare(
         reference: reward reference (default the evaluate stage's
             :func:`~tutorlm.evaluate.runner.reward_reference` of the model; without one
             the reward column is left out).
+        device: a device setting replacing ``recipe.device`` (``auto``, ``cpu``, ``cuda:N``).
         echo: called with one line per finished row.
 
     Returns:
@@ -172,6 +180,7 @@ def run_quantize_compare(
     out_dir = Path(out_dir or recipe.layout.quantize_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = list(methods or settings.methods)
+    device = resolve_device(device or recipe.device)
     for name in methods:
         if name not in METHODS:
             raise QuantizeError(
@@ -197,6 +206,7 @@ def run_quantize_compare(
         "seed": recipe.seed,
         "reference": reference,
         "chat_template": recipe.chat_template,
+        "device": device,
     }
     rows: list[dict] = []
     skipped_rows: dict[str, str] = {}
@@ -214,7 +224,7 @@ def run_quantize_compare(
         row.update(extra or {})
         rows.append(row)
         echo(
-            f"{label:<14} measured: {row['weight_bytes'] / 2**20:.1f} MiB, "
+            f"{label:<14} measured on {device}: {row['weight_bytes'] / 2**20:.1f} MiB, "
             f"{row['generation']['tokens_per_second']:.1f} tokens/s"
         )
 
@@ -233,7 +243,7 @@ def run_quantize_compare(
             )
     for name in methods:
         try:
-            method = check_available(name)
+            method = check_available(name, device)
         except QuantizeError as error:
             skipped_rows[name] = str(error)
             echo(f"{name:<14} skipped: {error}")
@@ -271,6 +281,7 @@ def run_quantize_compare(
         "model": model_spec,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
+        "device": device,
         "settings": settings.model_dump(mode="json"),
         "eval": recipe.eval.model_dump(mode="json"),
         "tasks": tasks,

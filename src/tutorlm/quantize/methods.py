@@ -106,22 +106,41 @@ def cuda_available() -> bool:
     return auto_device() == "cuda"
 
 
-def check_available(name: str) -> Method:
-    """The method, after checking that this machine can run it.
+def check_available(name: str, device: str | None = None) -> Method:
+    """The method, after checking that this machine (or ``device`` on it) can run it.
+
+    Args:
+        name: a method name from :data:`METHODS`.
+        device: the resolved device the quantized model will run on
+            (``tutorlm.hardware.resolve_device``); None: any device this machine has.
 
     Raises:
-        QuantizeError: for a GPU-only method without a CUDA device, or a missing
-            backend package; the message names the alternatives that do run here.
+        QuantizeError: for a GPU-only method without a CUDA device (or asked to run
+            on the CPU), a CPU-only method asked to run on CUDA, or a missing backend
+            package; the message names the alternatives that do run there.
     """
     import importlib.util
 
     method = get_method(name)
+    on_cuda = None if device is None else str(device).startswith("cuda")
+    if method.device == "cuda" and on_cuda is False and cuda_available():
+        raise QuantizeError(
+            f"method {name!r} needs a CUDA GPU: bitsandbytes quantizes and runs these "
+            f"layers on the GPU, and the device is {device}. On CPU use one of: "
+            f"{', '.join(CPU_METHODS)}; for this method set device: cuda (or auto)."
+        )
     if method.device == "cuda" and not cuda_available():
         raise QuantizeError(
             f"method {name!r} needs a CUDA GPU: bitsandbytes quantizes and runs these "
             "layers on the GPU, and this machine has none (torch.cuda.is_available() is "
             f"False). On CPU use one of: {', '.join(CPU_METHODS)} "
             "(int8-packed is the fastest int8 path here)."
+        )
+    if method.device == "cpu" and on_cuda:
+        gpu_methods = [other for other, m in METHODS.items() if m.device != "cpu"]
+        raise QuantizeError(
+            f"method {name!r} runs on torch's CPU kernels only, and the device is {device}. "
+            f"On a GPU use one of: {', '.join(gpu_methods)}; for this method set device: cpu."
         )
     if method.backend == "bitsandbytes" and importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizeError(

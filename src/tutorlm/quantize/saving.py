@@ -119,20 +119,25 @@ def _versions() -> dict:
     return versions
 
 
-def quantize_in_memory(source: Path, method: str, *, embeddings: bool = True):
+def quantize_in_memory(
+    source: Path, method: str, *, embeddings: bool = True, device: str | None = None
+):
     """Load the float model at ``source`` and quantize it with ``method``.
+
+    ``device`` (a resolved device) is where the model runs; None: the CPU, or the
+    GPU for bitsandbytes.
 
     Returns:
         ``(model, layout)``; ``layout`` is the packed layout (None for other backends).
     """
     import torch
 
-    info = check_available(method)
+    info = check_available(method, device)
     if info.backend == "packed":
         model = load_causal_lm(source, dtype=torch.float32)
         layout = pack_model(model, info.bits, embeddings=embeddings)
         return model.eval(), layout
-    kwargs = {"device_map": "cuda"} if info.backend == "bitsandbytes" else {}
+    kwargs = _placement(info, device)
     dtype = torch.bfloat16 if info.backend == "bitsandbytes" else torch.float32
     model = load_causal_lm(
         source, dtype=dtype, quantization_config=load_time_config(method), **kwargs
@@ -255,8 +260,21 @@ def packed_state_dict(model) -> dict:
     return state
 
 
-def load_quantized(path, *, online: bool | None = None):
+def _placement(info, device: str | None) -> dict:
+    """``from_pretrained`` arguments that put a load-time-quantized model on ``device``:
+    bitsandbytes layers only exist on a GPU; torchao's quantize where they will run."""
+    if info.backend == "bitsandbytes":
+        return {"device_map": device or "cuda"}
+    if device is not None and str(device).startswith("cuda"):
+        return {"device_map": device}
+    return {}
+
+
+def load_quantized(path, *, online: bool | None = None, device: str | None = None):
     """Load a directory written by :func:`quantize_to_dir` as ``(model, tokenizer)``, in eval mode.
+
+    ``device`` (a resolved device, see ``tutorlm.hardware.resolve_device``) is where
+    the model runs; None: the CPU, or the GPU for bitsandbytes.
 
     Raises:
         QuantizeError: for a directory that is not one, a method this machine
@@ -266,19 +284,22 @@ def load_quantized(path, *, online: bool | None = None):
 
     path = Path(path)
     record = read_record(path)
-    info = check_available(record["method"])
+    info = check_available(record["method"], device)
     tokenizer = load_tokenizer(path)
     if record.get("weights") is None:
         source = record["source"]
         spec = source.get("adapter") or source.get("path") or source["spec"]
         with float_source(spec, online=online) as (float_dir, _):
             model, _ = quantize_in_memory(
-                float_dir, record["method"], embeddings=record.get("embeddings_quantized", True)
+                float_dir,
+                record["method"],
+                embeddings=record.get("embeddings_quantized", True),
+                device=device,
             )
         return model, tokenizer
     if info.backend == "packed":
         return _load_packed(path, record), tokenizer
-    kwargs = {"device_map": "cuda"} if info.backend == "bitsandbytes" else {}
+    kwargs = _placement(info, device)
     dtype = torch.bfloat16 if info.backend == "bitsandbytes" else torch.float32
     return load_causal_lm(path, dtype=dtype, **kwargs), tokenizer
 

@@ -57,6 +57,7 @@ def compare_markdown(summary: dict) -> str:
         "tokens/CPU-s",
         "x fp32",
         "TTFT ms",
+        "device",
     ]
     if has_ppl:
         header += ["perplexity (notes)", "ppl change"]
@@ -86,6 +87,7 @@ def compare_markdown(summary: dict) -> str:
             f"{cpu_speed:.1f}" if cpu_speed else "-",
             _ratio(cpu_speed, ref_cpu_speed),
             f"{row['generation']['ttft_seconds'] * 1000:.0f}",
+            row.get("device", "cpu"),
         ]
         if has_ppl:
             ppl = _perplexity(row)
