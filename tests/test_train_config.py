@@ -126,3 +126,52 @@ def test_the_adapter_init_depends_on_the_seed_alone(tiny_model_dir):
 
     assert torch.equal(lora_a(3, draws=1), lora_a(3, draws=1000))
     assert not torch.equal(lora_a(3, draws=1), lora_a(4, draws=1))
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """A machine where torch sees two bf16-capable CUDA GPUs (nothing is moved onto them).
+
+    TrainingArguments sets up accelerate's process-wide ``PartialState`` on the fake
+    GPU; it is put back afterwards so later tests in this process train on the CPU.
+    """
+    import torch
+    from accelerate.state import PartialState
+
+    saved = dict(PartialState._shared_state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    yield
+    PartialState._shared_state.clear()
+    PartialState._shared_state.update(saved)
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_training_on_device_cpu_stays_on_the_cpu_beside_a_gpu(tmp_path, two_gpus, kind):
+    from tutorlm.hardware import cpu_has_fast_bf16
+
+    args = build_args(kind, TrainConfig(), 0, tmp_path, device="cpu")
+    assert args.use_cpu is True
+    assert args.bf16 is cpu_has_fast_bf16()  # the CPU's bf16, not the idle GPU's
+
+
+def test_training_on_device_auto_uses_the_gpu_in_bf16(tmp_path, two_gpus):
+    args = build_args("sft", TrainConfig(), 0, tmp_path, device="auto")
+    assert args.use_cpu is False and args.bf16 is True
+
+
+def test_a_gpu_index_the_trainer_cannot_take_names_cuda_visible_devices(tmp_path, two_gpus):
+    with pytest.raises(TrainError, match="CUDA_VISIBLE_DEVICES=1 and device: cuda"):
+        build_args("sft", TrainConfig(), 0, tmp_path, device="cuda:1")
+
+
+def test_training_on_cuda_without_a_gpu_fails_before_anything_loads(tmp_path, monkeypatch):
+    import torch
+
+    from tutorlm.hardware import HardwareError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(HardwareError, match="asks for a CUDA GPU"):
+        check_trl_sections(TrainConfig(), 0, device="cuda")

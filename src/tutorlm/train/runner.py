@@ -84,7 +84,9 @@ def run_stage(
     base_path = spec.start(recipe)
     train_file = stage.data_file(recipe, spec.train_file, required=True)
     val_file = stage.data_file(recipe, spec.val_file, required=False)
-    args = build_args(name, cfg, recipe.seed, output_dir, has_eval=val_file is not None)
+    args = build_args(
+        name, cfg, recipe.seed, output_dir, has_eval=val_file is not None, device=recipe.device
+    )
     stage.drop_periodic_eval(args, val_file)
     model, tokenizer = modeling.load_for_training(
         base_path, bf16=args.bf16, qlora=cfg.qlora, chat_template=recipe.chat_template

@@ -1,8 +1,8 @@
 """The ``sft:`` / ``dpo:`` recipe sections, turned into TRL's ``SFTConfig`` / ``DPOConfig``.
 
 tutorlm fills in its defaults first (the fast ones: no gradient checkpointing,
-bf16 where the hardware multiplies it natively, length-grouped batches) and the
-recipe's values win. TRL validates its own fields; an unknown key fails before
+bf16 where the training device multiplies it natively, length-grouped batches,
+the recipe's ``device``) and the recipe's values win. TRL validates its own fields; an unknown key fails before
 any model is loaded, naming the key and the closest valid one, like the rest of
 the recipe.
 """
@@ -14,18 +14,34 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from tutorlm.hardware import bf16_is_fast
+from tutorlm.hardware import device_dtype, resolve_device
 from tutorlm.train.config import TrainConfig
 from tutorlm.train.runtime import TrainError
 
 
-def _hardware_defaults() -> dict[str, Any]:
+def _hardware_defaults(device: str = "auto") -> dict[str, Any]:
+    """``use_cpu`` and ``bf16`` for the recipe's device setting (``hardware.resolve_device``).
+
+    The Trainer takes no GPU index: one process trains on every visible GPU from
+    ``cuda:0`` on, and under ``accelerate launch`` each process on the GPU of its
+    rank. A ``cuda:N`` that is not simply the only GPU is refused with the way to
+    pick that GPU instead (``CUDA_VISIBLE_DEVICES``), rather than silently training
+    on another one.
+    """
     import torch
 
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda:") and (resolved != "cuda:0" or torch.cuda.device_count() > 1):
+        index = resolved.partition(":")[2]
+        raise TrainError(
+            f"device {device!r}: transformers' Trainer cannot be pointed at one GPU by index; "
+            f"run with CUDA_VISIBLE_DEVICES={index} and device: cuda (or accelerate launch "
+            "--gpu_ids for several processes)"
+        )
     return {
-        "bf16": bf16_is_fast(),
+        "bf16": device_dtype("auto", resolved) == torch.bfloat16,
         "fp16": False,  # no fast fp16 matmul on CPUs; bf16 where it pays
-        "use_cpu": not torch.cuda.is_available(),
+        "use_cpu": resolved == "cpu",
     }
 
 
@@ -51,22 +67,22 @@ def _common_defaults(seed: int) -> dict[str, Any]:
     }
 
 
-def sft_defaults(seed: int) -> dict[str, Any]:
-    """tutorlm's defaults for ``SFTConfig``."""
+def sft_defaults(seed: int, device: str = "auto") -> dict[str, Any]:
+    """tutorlm's defaults for ``SFTConfig`` on ``device`` (a recipe's device setting)."""
     return {
         **_common_defaults(seed),
-        **_hardware_defaults(),
+        **_hardware_defaults(device),
         "learning_rate": 2e-4,
         "max_length": 1024,
         "dataset_kwargs": {"skip_prepare_dataset": True},  # tutorlm tokenizes itself
     }
 
 
-def dpo_defaults(seed: int) -> dict[str, Any]:
-    """tutorlm's defaults for ``DPOConfig``."""
+def dpo_defaults(seed: int, device: str = "auto") -> dict[str, Any]:
+    """tutorlm's defaults for ``DPOConfig`` on ``device`` (a recipe's device setting)."""
     return {
         **_common_defaults(seed),
-        **_hardware_defaults(),
+        **_hardware_defaults(device),
         "learning_rate": 5e-5,
         "max_length": 1024,
     }
@@ -87,7 +103,13 @@ def unknown_key_message(kind: str, key: str, valid: list[str]) -> str:
 
 
 def build_args(
-    kind: str, train: TrainConfig, seed: int, output_dir: Path | str, *, has_eval: bool = False
+    kind: str,
+    train: TrainConfig,
+    seed: int,
+    output_dir: Path | str,
+    *,
+    has_eval: bool = False,
+    device: str = "auto",
 ):
     """TRL's config for one stage: tutorlm's defaults, then the recipe's section.
 
@@ -100,9 +122,12 @@ def build_args(
             too, so that the held-out loss (and DPO reward accuracy) before and
             after training sit side by side in ``metrics.jsonl``. Training losses
             of length-grouped batches vary with the batch's source; this does not.
+        device: the recipe's ``device`` setting: ``use_cpu`` and ``bf16`` follow it.
 
     Raises:
-        TrainError: an unknown key (with the closest valid one), or a value TRL refuses.
+        TrainError: an unknown key (with the closest valid one), a value TRL refuses,
+            or a ``cuda:N`` the Trainer cannot be pointed at.
+        HardwareError: a device this machine does not have.
     """
     config_class = _config_class(kind)
     section = train.sft if kind == "sft" else train.dpo
@@ -110,7 +135,7 @@ def build_args(
     for key in section:
         if key not in valid:
             raise TrainError(unknown_key_message(kind, key, valid))
-    defaults = sft_defaults(seed) if kind == "sft" else dpo_defaults(seed)
+    defaults = sft_defaults(seed, device) if kind == "sft" else dpo_defaults(seed, device)
     defaults["eval_on_start"] = has_eval
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(section):
         # recomputation costs a third of a step; small models fit without it
@@ -125,7 +150,7 @@ def build_args(
         raise TrainError(f"train.{kind}: {error}") from None
 
 
-def check_trl_sections(train: TrainConfig, seed: int = 0) -> dict:
+def check_trl_sections(train: TrainConfig, seed: int = 0, device: str = "auto") -> dict:
     """Validate ``train.sft`` and ``train.dpo`` against TRL without training.
 
     Called at the start of each stage; the pipeline may call it up front so that
@@ -138,5 +163,6 @@ def check_trl_sections(train: TrainConfig, seed: int = 0) -> dict:
 
     with tempfile.TemporaryDirectory() as scratch:
         return {
-            kind: build_args(kind, train, seed, Path(scratch) / kind) for kind in ("sft", "dpo")
+            kind: build_args(kind, train, seed, Path(scratch) / kind, device=device)
+            for kind in ("sft", "dpo")
         }
