@@ -154,9 +154,9 @@ class Batcher:
             torch.cuda.empty_cache()
         if self.batch_size == 1:
             raise BatchMemoryError(
-                f"out of memory scoring one input alone on {self.device} ({error}); "
-                "lower eval.perplexity_window or the input length, use a smaller dtype, "
-                "or run on a device with more memory"
+                f"out of memory on one input alone on {self.device} ({error}); "
+                "lower eval.perplexity_window, the input length or the new tokens, use a "
+                "smaller dtype, or run on a device with more memory"
             ) from error
         self.batch_size = max(1, self.batch_size // 2)
 

@@ -331,7 +331,9 @@ class Scorer:
         """Greedy continuations of each prompt (the prompt text as given, no template).
 
         Generation stops at the tokenizer's EOS token, after ``max_new_tokens``, or
-        at the first of the ``stop`` strings, which is cut off.
+        at the first of the ``stop`` strings, which is cut off. A batch that runs out
+        of memory is retried at half the size, as the scoring passes are
+        (``Batcher.batches``).
         """
         import torch
 
@@ -343,15 +345,16 @@ class Scorer:
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         outputs = [""] * len(prompts)
         kwargs = generation_kwargs(self.tokenizer, max_new_tokens, 0.0)
+
+        def forward(batch: list[int]):
+            input_ids, mask = self.batcher.pad([encoded[i] for i in batch])
+            generated = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            return generated[:, input_ids.shape[1] :]  # (B, new tokens)
+
         with self._bar(len(prompts), desc, "seq") as bar, torch.inference_mode():
-            for first in range(0, len(order), self.batch_size):
-                batch = order[first : first + self.batch_size]
-                input_ids, mask = self.batcher.pad([encoded[i] for i in batch])
-                generated = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+            for batch, generated in self.batcher.batches(order, forward):
                 for row, index in enumerate(batch):
-                    text = self.tokenizer.decode(
-                        generated[row, input_ids.shape[1] :], skip_special_tokens=True
-                    )
+                    text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
                     outputs[index] = _cut_at_stop(text, stop)
                 bar.update(len(batch))
         return outputs
