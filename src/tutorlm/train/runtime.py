@@ -70,10 +70,10 @@ def bitsandbytes_keys(recipe, stages: Collection[str] = ("sft", "dpo", "quantize
     """The recipe settings that need bitsandbytes in the given pipeline stages.
 
     ``train.qlora``, a bitsandbytes ``optim`` in ``train.sft`` / ``train.dpo``, and
-    ``bnb-*`` quantize methods where a CUDA GPU runs them (on a CPU the quantize
-    stage lists them as skipped, so they need nothing).
+    ``bnb-*`` quantize methods where the recipe's device is a CUDA GPU (on the CPU
+    the quantize stage lists them as skipped, so they need nothing).
     """
-    from tutorlm.hardware import auto_device
+    from tutorlm.hardware import resolve_device
 
     keys = []
     train = recipe.train
@@ -83,7 +83,7 @@ def bitsandbytes_keys(recipe, stages: Collection[str] = ("sft", "dpo", "quantize
         optim = getattr(train, kind).get("optim")
         if kind in stages and optim is not None and optim_needs_bitsandbytes(optim):
             keys.append(f"train.{kind}.optim={optim}")
-    if "quantize" in stages and auto_device() == "cuda":
+    if "quantize" in stages and resolve_device(recipe.device).startswith("cuda"):
         keys += [f"quantize.methods: {m}" for m in recipe.quantize.methods if m.startswith("bnb-")]
     return keys
 
