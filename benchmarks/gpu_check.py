@@ -16,8 +16,6 @@ For each tiny random model (Llama and Qwen2 shapes, ``tutorlm.smoke.tiny_model``
 
 On one H100 it is meant to take well under 8 minutes. The models are random, so
 accuracy is noise; the numbers that mean something are agreement, speed and memory.
-Training ignores the recipe's ``device`` (it follows transformers' ``use_cpu``), so the
-script sets ``use_cpu`` in the recipe's train sections to put training on the same device.
 """
 
 from __future__ import annotations
@@ -144,7 +142,6 @@ def recipe_for(model_dir, workdir, data, device, steps, name, qlora=False):
         "learning_rate": 1e-3,
         "warmup_steps": 0,
         "bf16": cuda,
-        "use_cpu": not cuda,
         "disable_tqdm": True,
         "report_to": "none",
     }

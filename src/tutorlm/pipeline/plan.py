@@ -225,10 +225,15 @@ def _gb(value: int) -> str:
 
 def plan_lines(recipe: Mapping[str, Any], processes: int | None = None) -> list[str]:
     """The dry run's report of a resolved recipe (``Recipe.to_dict()``), one line each."""
-    from tutorlm.hardware import bf16_is_fast
+    import torch
+
+    from tutorlm.hardware import bf16_is_fast, device_dtype
 
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(recipe)
+    # training's own rule: bf16 where the device it runs on multiplies bf16 fast
+    resolved = " (not here" not in device
+    fast_bf16 = device_dtype("auto", device) == torch.bfloat16 if resolved else bf16_is_fast()
     shape = model_shape(str(recipe["model"]))
     lines = [
         f"model {recipe['model']}: {shape.layers} layers, hidden {shape.hidden}, "
@@ -250,7 +255,7 @@ def plan_lines(recipe: Mapping[str, Any], processes: int | None = None) -> list[
         else:
             rows_text = f"{rows} rows" if exact else f"at most {rows} rows"
         steps = optimizer_steps(section, rows, processes)
-        dtype = train_dtype(section, bf16_is_fast())
+        dtype = train_dtype(section, fast_bf16)
         lora = (train.get("dpo_lora") if name == "dpo" else None) or train["lora"]
         length = section.get("max_length", 1024)
         pairs = 1 if name == "sft" or train.get("dpo_split_pairs", True) else 2
