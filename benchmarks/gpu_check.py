@@ -31,16 +31,6 @@ import time
 from pathlib import Path
 
 FAMILIES = ("llama", "qwen2")
-QUESTIONS = [
-    ("What is 2 + 3?", "2 + 3 = 5.", "2 + 3 = 6."),
-    ("What is 7 times 6?", "7 times 6 is 42.", "7 times 6 is 36."),
-    ("What is the derivative of x^2?", "The derivative of x^2 is 2x.", "It is x."),
-    ("Solve x + 4 = 10.", "Subtract 4: x = 6.", "x = 14."),
-    ("What is 9 squared?", "9 squared is 81.", "9 squared is 18."),
-    ("What is the unit of force?", "The newton (N).", "The joule (J)."),
-    ("What is 15 / 3?", "15 / 3 = 5.", "15 / 3 = 3."),
-    ("Is 17 prime?", "Yes, 17 is prime.", "No, 17 = 3 x 6."),
-]
 
 
 def skipped(why: str) -> dict:
@@ -49,30 +39,11 @@ def skipped(why: str) -> dict:
 
 
 def write_data(workdir: Path, rows: int) -> tuple[Path, Path]:
-    """SFT records and preference pairs in ``tutorlm.data.formats``' shapes."""
-    sft, prefs = [], []
-    for i in range(rows):
-        question, good, bad = QUESTIONS[i % len(QUESTIONS)]
-        user = [{"role": "user", "content": question}]
-        sft.append(
-            {
-                "id": f"sft-{i}",
-                "source": "gpu-check",
-                "messages": user + [{"role": "assistant", "content": good}],
-            }
-        )
-        prefs.append(
-            {
-                "id": f"pair-{i}",
-                "source": "gpu-check",
-                "prompt": user,
-                "chosen": [{"role": "assistant", "content": good}],
-                "rejected": [{"role": "assistant", "content": bad}],
-                "meta": {},
-            }
-        )
+    """SFT records and preference pairs: the training benchmark's synthetic STEM chats."""
+    from train_throughput import stem_rows  # benchmarks/ is this script's folder
+
     paths = workdir / "sft.jsonl", workdir / "prefs.jsonl"
-    for path, records in zip(paths, (sft, prefs), strict=True):
+    for path, records in zip(paths, stem_rows(rows), strict=True):
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return paths
 

@@ -7,6 +7,7 @@ Imported as ``from rag_support import ...``: pytest puts ``tests/`` on the path.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -36,3 +37,12 @@ class KeywordEmbedder:
 
     def token_spans(self, text):
         return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+def write_docs(root: Path, docs: dict[str, str]) -> Path:
+    """``root/docs`` holding one text file per ``docs`` entry (name -> text)."""
+    folder = root / "docs"
+    folder.mkdir()
+    for name, text in docs.items():
+        (folder / name).write_text(text + "\n")
+    return folder

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from rag_support import KeywordEmbedder
+from rag_support import KeywordEmbedder, write_docs
 
 from tutorlm.cli import main
 from tutorlm.rag import build_index, load_index
@@ -26,11 +26,7 @@ FOREIGN = [".seg-hidden", "dense-2024.csv", "dense-report.pdf", "seg-important.t
 
 @pytest.fixture
 def docs(tmp_path):
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text + "\n")
-    return folder
+    return write_docs(tmp_path, DOCS)
 
 
 def _put_foreign_files(folder: Path) -> None:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from rag_support import KeywordEmbedder
+from rag_support import KeywordEmbedder, write_docs
 
 from tutorlm.rag import build_index, fuse, load_index
 from tutorlm.rag.bm25 import BM25, TermCounts, tokenize
@@ -28,11 +28,7 @@ SETTINGS = IndexSettings(chunk_tokens=16, chunk_overlap=2)
 
 @pytest.fixture
 def docs(tmp_path):
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text + "\n")
-    return folder
+    return write_docs(tmp_path, DOCS)
 
 
 @pytest.fixture
