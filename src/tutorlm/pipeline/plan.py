@@ -209,14 +209,16 @@ def optimizer_steps(section: Mapping[str, Any], rows: int | None, processes: int
     return math.ceil(epochs * rows / (batch * accumulation * processes))
 
 
-def _device(recipe: Mapping[str, Any]) -> str:
+def _device(recipe: Mapping[str, Any]) -> tuple[str, bool]:
+    """The device the recipe's stages would run on, and whether this machine has it
+    (if not, the setting with the reason, so that a plan for a GPU prints on a laptop)."""
     from tutorlm.hardware import HardwareError, resolve_device
 
     setting = value_at(recipe, "device") or "auto"
     try:
-        return resolve_device(setting)
+        return resolve_device(setting), True
     except HardwareError as error:
-        return f"{setting} (not here: {error})"
+        return f"{setting} (not here: {error})", False
 
 
 def _gb(value: int) -> str:
@@ -230,9 +232,8 @@ def plan_lines(recipe: Mapping[str, Any], processes: int | None = None) -> list[
     from tutorlm.hardware import bf16_is_fast, device_dtype
 
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
-    device = _device(recipe)
+    device, resolved = _device(recipe)
     # training's own rule: bf16 where the device it runs on multiplies bf16 fast
-    resolved = " (not here" not in device
     fast_bf16 = device_dtype("auto", device) == torch.bfloat16 if resolved else bf16_is_fast()
     shape = model_shape(str(recipe["model"]))
     lines = [
