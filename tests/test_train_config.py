@@ -162,6 +162,34 @@ def test_training_on_device_auto_uses_the_gpu_in_bf16(tmp_path, two_gpus):
     assert args.use_cpu is False and args.bf16 is True
 
 
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_a_gpu_without_bf16_trains_in_fp16_mixed_precision(tmp_path, two_gpus, monkeypatch, kind):
+    import torch
+
+    from tutorlm.train.modeling import mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a V100, a T4
+    args = build_args(kind, TrainConfig(), 0, tmp_path, device="auto")
+    assert (args.use_cpu, args.bf16, args.fp16) == (False, False, True)
+    assert mixed_precision(args) is torch.float16
+
+
+def test_fp16_training_loads_the_frozen_base_in_fp16_and_keeps_lora_in_fp32(tiny_model_dir):
+    import torch
+    from peft import LoraConfig
+
+    from tutorlm.train.modeling import load_for_training
+    from tutorlm.train.trainers import with_adapter
+
+    model, _ = load_for_training(tiny_model_dir, half=torch.float16)
+    args = type("Args", (), {"seed": 0, "fp16": True, "activation_checkpointing": False})()
+    adapted = with_adapter(model, LoraConfig(r=4, target_modules=["q_proj"]), args)
+    dtypes = {p.dtype for n, p in adapted.named_parameters() if "lora_" in n}
+    frozen = {p.dtype for n, p in adapted.named_parameters() if "lora_" not in n}
+    assert dtypes == {torch.float32} and frozen == {torch.float16}
+    assert all(p.requires_grad for n, p in adapted.named_parameters() if "lora_" in n)
+
+
 def test_a_gpu_index_the_trainer_cannot_take_names_cuda_visible_devices(tmp_path, two_gpus):
     with pytest.raises(TrainError, match="CUDA_VISIBLE_DEVICES=1 and device: cuda"):
         build_args("sft", TrainConfig(), 0, tmp_path, device="cuda:1")

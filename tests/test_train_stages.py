@@ -127,7 +127,7 @@ def build_trainer(kind, recipe, model_dir, bf16=False, **kwargs):
     from tutorlm.train.trl_args import build_args
 
     args = build_args(kind, recipe.train, 0, recipe.layout.stage_dir(kind))
-    model, tokenizer = modeling.load_for_training(model_dir, bf16=bf16)
+    model, tokenizer = modeling.load_for_training(model_dir, half=torch.bfloat16 if bf16 else None)
     if kind == "sft":
         dataset, _ = data.load_split("sft", recipe.layout.data("sft.train.jsonl"), tokenizer, 128)
         collator, cls = data.SFTCollator(tokenizer.pad_token_id), TutorSFTTrainer

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tutorlm.models import resolve_model
 from tutorlm.recipe import Recipe
+from tutorlm.train import modeling
 from tutorlm.train.runner import StageSpec, run_stage
 from tutorlm.train.runtime import TrainError
 from tutorlm.train.stage import StageResult
@@ -37,10 +38,11 @@ def starting_model(recipe: Recipe) -> Path:
     return merged
 
 
-def precompute_reference_logps(model, dataset, *, pad_token_id: int, batch_size: int, bf16: bool):
+def precompute_reference_logps(model, dataset, *, pad_token_id: int, batch_size: int, half=None):
     """Add ``ref_chosen_logps`` / ``ref_rejected_logps`` columns, scored once by ``model``.
 
-    Called before the adapter exists, so ``model`` is the reference itself.
+    Called before the adapter exists, so ``model`` is the reference itself; ``half``
+    is the run's mixed-precision dtype (None: fp32), as the training steps use it.
     """
     import torch
 
@@ -51,7 +53,7 @@ def precompute_reference_logps(model, dataset, *, pad_token_id: int, batch_size:
         (row["prompt_ids"], row[side]) for side in ("chosen_ids", "rejected_ids") for row in rows
     ]
     device = next(model.parameters()).device.type
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = torch.autocast(device, dtype=half) if half else contextlib.nullcontext()
     model.eval()
     with autocast:
         sums = reply_logps(model, pairs, pad_token_id=pad_token_id, batch_size=batch_size)
@@ -65,7 +67,8 @@ def _with_reference(model, cfg, args, train_set, val_set, collator):
     if not cfg.precompute_ref_logps:
         return train_set, val_set
     batch = args.precompute_ref_batch_size or args.per_device_train_batch_size
-    options = {"pad_token_id": collator.pad_token_id, "batch_size": batch, "bf16": args.bf16}
+    half = modeling.mixed_precision(args)
+    options = {"pad_token_id": collator.pad_token_id, "batch_size": batch, "half": half}
     train_set = precompute_reference_logps(model, train_set, **options)
     if val_set is not None:
         val_set = precompute_reference_logps(model, val_set, **options)

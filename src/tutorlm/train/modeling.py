@@ -38,17 +38,23 @@ def ensure_pad_token(model, tokenizer) -> bool:
 
 
 def load_for_training(
-    path: Path | str, *, bf16: bool = False, qlora: bool = False, chat_template: str | None = None
+    path: Path | str,
+    *,
+    half=None,
+    qlora: bool = False,
+    chat_template: str | None = None,
 ):
     """``(model, tokenizer)`` of a local HF directory, ready for a trainer.
 
-    With ``bf16`` (mixed precision on) the frozen base weights are loaded in
-    bf16: autocast would otherwise cast every fp32 weight to bf16 at every
-    forward and keep the copies alive for the backward, which costs time and
-    about 2 bytes per parameter. The LoRA weights stay fp32 (PEFT upcasts
-    adapters), and the merged model is built from the fp32 base, so nothing
-    trained or saved loses precision. Without ``bf16`` everything is fp32; under
-    QLoRA the base is 4-bit. ``chat_template`` is the recipe's (a name such as
+    ``half`` is the mixed-precision dtype of the run (``torch.bfloat16``, or
+    ``torch.float16`` on a GPU without bf16; see :func:`mixed_precision`). With it
+    the frozen base weights are loaded in that dtype: autocast would otherwise cast
+    every fp32 weight at every forward and keep the copies alive for the backward,
+    which costs time and about 2 bytes per parameter. The LoRA weights stay fp32
+    (PEFT upcasts adapters, which fp16 loss scaling also needs), and the merged
+    model is built from the fp32 base, so nothing trained or saved loses precision.
+    Without ``half`` everything is fp32; under QLoRA the base is 4-bit and computes
+    in ``half`` (bf16 when none is given). ``chat_template`` is the recipe's (a name such as
     ``zephyr`` or Jinja text); ``None`` keeps the model's own. Either way the
     tokenizer that is trained with is the one saved with every checkpoint.
 
@@ -60,13 +66,25 @@ def load_for_training(
     from tutorlm.models import load_causal_lm, load_tokenizer
 
     tokenizer = apply_template(load_tokenizer(path), chat_template)
-    kwargs = {"dtype": torch.bfloat16 if bf16 else torch.float32}
+    kwargs = {"dtype": half or torch.float32}
     if qlora:
         require_qlora_support()
-        kwargs = {"dtype": torch.bfloat16, "quantization_config": qlora_quantization_config()}
+        compute = half or torch.bfloat16
+        kwargs = {"dtype": compute, "quantization_config": qlora_quantization_config(compute)}
     model = load_causal_lm(path, **kwargs)  # safetensors only, no folder code run
     ensure_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def mixed_precision(args):
+    """The half dtype a trainer's arguments train in: bf16, fp16 or None (fp32)."""
+    import torch
+
+    if getattr(args, "bf16", False):
+        return torch.bfloat16
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return None
 
 
 def lora_config(settings: LoraSettings):

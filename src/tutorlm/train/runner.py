@@ -89,7 +89,10 @@ def run_stage(
     )
     stage.drop_periodic_eval(args, val_file)
     model, tokenizer = modeling.load_for_training(
-        base_path, bf16=args.bf16, qlora=cfg.qlora, chat_template=recipe.chat_template
+        base_path,
+        half=modeling.mixed_precision(args),
+        qlora=cfg.qlora,
+        chat_template=recipe.chat_template,
     )
 
     main = PartialState().is_main_process
@@ -120,6 +123,7 @@ def run_stage(
         "rows_skipped": dict(prepared.skipped),
         "rows_truncated": prepared.truncated,
         "bf16": args.bf16,
+        "fp16": args.fp16,
         "threads": threads,
         "processes": PartialState().num_processes,
         "resumed_from_step": int(checkpoint.name.split("-")[1]) if checkpoint else None,

@@ -37,8 +37,9 @@ def require_qlora_support() -> None:
         )
 
 
-def qlora_quantization_config():
-    """The 4-bit NF4 config of QLoRA (double quantization, bf16 compute)."""
+def qlora_quantization_config(compute_dtype=None):
+    """The 4-bit NF4 config of QLoRA (double quantization), computing in
+    ``compute_dtype`` (bf16 by default; fp16 on a GPU without bf16)."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -46,7 +47,7 @@ def qlora_quantization_config():
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,
     )
 
 
@@ -88,15 +89,43 @@ def bitsandbytes_keys(recipe, stages: Collection[str] = ("sft", "dpo", "quantize
     return keys
 
 
+def cuda_only_keys(recipe, stages: Collection[str] = ("sft", "dpo")) -> list[str]:
+    """The training settings that run on a CUDA GPU only: 4-bit QLoRA (bitsandbytes'
+    kernels) and paged optimizers (CUDA unified memory)."""
+    keys = []
+    train = recipe.train
+    if train.qlora and {"sft", "dpo"} & set(stages):
+        keys.append("train.qlora=true")
+    for kind in ("sft", "dpo"):
+        optim = str(getattr(train, kind).get("optim") or "")
+        if kind in stages and "paged" in optim.lower():
+            keys.append(f"train.{kind}.optim={optim}")
+    return keys
+
+
 def require_bitsandbytes(recipe, stages: Collection[str] = ("sft", "dpo", "quantize")) -> None:
-    """Fail before anything runs when the recipe needs bitsandbytes and it is missing.
+    """Fail before anything runs when the recipe needs bitsandbytes or a CUDA GPU and
+    this machine lacks it.
 
     Called by ``tutorlm run`` before its first stage (so the data build is not spent
     on a run that stops at SFT) and by ``tutorlm train``.
 
     Raises:
-        TrainError: naming each recipe key that needs it and the install command.
+        TrainError: naming each recipe key that needs it, and the install command or
+            the device the recipe resolved to.
     """
+    from tutorlm.hardware import resolve_device
+
+    on_cpu = cuda_only_keys(recipe, stages)
+    device = resolve_device(recipe.device) if on_cpu else "cuda"
+    if on_cpu and not device.startswith("cuda"):
+        raise TrainError(
+            f"{'; '.join(on_cpu)}: runs on a CUDA GPU only (with bitsandbytes: {GPU_EXTRA}), "
+            f"and this run's device is {device} (device: {recipe.device}). Run it on a GPU "
+            "machine, or change "
+            f"{'that setting' if len(on_cpu) == 1 else 'those settings'} "
+            "(`tutorlm run RECIPE --smoke` replaces them with CPU ones)."
+        )
     keys = bitsandbytes_keys(recipe, stages)
     if keys and importlib.util.find_spec("bitsandbytes") is None:
         raise TrainError(

@@ -32,8 +32,9 @@ def with_adapter(model, peft_config, args):
 
     The adapter's random initialisation is drawn right after seeding with
     ``args.seed``, so it depends on the recipe's seed alone, not on how many random
-    numbers earlier code drew. Under QLoRA the adapter weights are kept in bf16, the
-    QLoRA paper's recipe.
+    numbers earlier code drew. Under QLoRA in bf16 the adapter weights are kept in
+    bf16, the QLoRA paper's recipe; under fp16 mixed precision (a GPU without bf16)
+    they stay fp32, which the fp16 loss scaler needs.
     """
     if peft_config is None:
         return model
@@ -44,7 +45,7 @@ def with_adapter(model, peft_config, args):
     model = get_peft_model(model, peft_config)
     if args.activation_checkpointing:
         model.enable_input_require_grads()  # recomputed blocks need a grad-carrying input
-    if getattr(model, "is_loaded_in_4bit", False):
+    if getattr(model, "is_loaded_in_4bit", False) and getattr(args, "bf16", False):
         for param in model.parameters():
             if param.requires_grad:
                 param.data = param.data.to(torch.bfloat16)

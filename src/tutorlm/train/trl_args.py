@@ -20,7 +20,11 @@ from tutorlm.train.runtime import TrainError
 
 
 def _hardware_defaults(device: str = "auto") -> dict[str, Any]:
-    """``use_cpu`` and ``bf16`` for the recipe's device setting (``hardware.resolve_device``).
+    """``use_cpu`` and mixed precision for the recipe's device setting.
+
+    Mixed precision follows ``hardware.device_dtype("auto", device)``: bf16 where the
+    device multiplies it natively, fp16 (with the Trainer's loss scaling) on a CUDA
+    GPU without bf16, fp32 elsewhere.
 
     The Trainer takes no GPU index: one process trains on every visible GPU from
     ``cuda:0`` on, and under ``accelerate launch`` each process on the GPU of its
@@ -38,9 +42,10 @@ def _hardware_defaults(device: str = "auto") -> dict[str, Any]:
             f"run with CUDA_VISIBLE_DEVICES={index} and device: cuda (or accelerate launch "
             "--gpu_ids for several processes)"
         )
+    half = device_dtype("auto", resolved)  # never fp16 on a CPU: no fast fp16 kernels there
     return {
-        "bf16": device_dtype("auto", resolved) == torch.bfloat16,
-        "fp16": False,  # no fast fp16 matmul on CPUs; bf16 where it pays
+        "bf16": half == torch.bfloat16,
+        "fp16": half == torch.float16,  # a CUDA GPU without bf16 (V100, T4): fp16 AMP
         "use_cpu": resolved == "cpu",
     }
 
