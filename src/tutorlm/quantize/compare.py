@@ -43,39 +43,62 @@ def default_model(recipe) -> str:
     return recipe.quantize.model or recipe.layout.final_model()
 
 
+def compare_task_names(recipe) -> tuple[list[str], dict[str, str]]:
+    """The tasks every row runs: ``quantize.tasks``, else the recipe's own ``eval.tasks``
+    less those a quantized row cannot run (those are returned with why)."""
+    from tutorlm.quantize.config import task_refusal
+
+    if recipe.quantize.tasks is not None:
+        return list(recipe.quantize.tasks), {}
+    names, refused = [], {}
+    for name in recipe.eval.tasks:
+        reason = task_refusal(name)
+        if reason:
+            refused[name] = reason
+        else:
+            names.append(name)
+    return names, refused
+
+
 def resolve_tasks(recipe, out_dir: Path, *, mcqa=None, prefs=None) -> tuple[list[dict], dict]:
-    """The accuracy tasks every row runs, with their files; and those skipped, with why."""
-    settings, layout = recipe.quantize, recipe.layout
+    """The accuracy tasks every row runs, with their files; and those skipped, with why.
+
+    Task names and files are the evaluate stage's (``evaluate.runner.recipe_tasks``), and
+    a missing file is reported by its rule, so a column holds what ``tutorlm eval``
+    computes for the same task. Two stand-ins keep ``tutorlm quantize compare --model
+    SPEC`` working without a built run: ``mmlu_stem`` falls back to a seeded sample of
+    the bundled MMLU, and ``--prefs FILE`` adds a ``reward`` column on that file.
+    """
+    from tutorlm.evaluate.runner import _missing, recipe_tasks
+
+    settings = recipe.quantize
+    names, skipped = compare_task_names(recipe)
+    if prefs and "reward" not in names:
+        names.append("reward")
     limits = [v for v in (settings.max_questions, recipe.eval.max_questions) if v]
     limit = min(limits) if limits else None
-    tasks, skipped = [], {}
-    for name in settings.tasks:
-        if name == "perplexity_notes":
-            from tutorlm.evaluate.perplexity import bundled_notes_dir
-
-            paths = [str(p) for p in recipe.eval.perplexity_files] or [str(bundled_notes_dir())]
-            missing = [p for p in paths if not Path(p).exists()]
-            if missing:  # e.g. ZEPHYR's WikiText-2 text, written by the user
-                skipped[name] = f"{missing[0]} is missing (eval.perplexity_files)"
-            else:
-                tasks.append({"name": name, "kind": "perplexity", "paths": paths, "limit": None})
-        elif name == "mmlu_stem":
-            path = Path(mcqa) if mcqa else layout.data("mmlu_stem.jsonl")
-            if not path.is_file():
-                path = _mmlu_sample(out_dir, limit or 200, recipe.seed)
-            tasks.append({"name": name, "kind": "mcqa", "paths": [str(path)], "limit": limit})
-        elif name == "mcqa_test":
-            path = layout.data("mcqa.test.jsonl")
-            if path.is_file():
-                tasks.append({"name": name, "kind": "mcqa", "paths": [str(path)], "limit": limit})
-            else:
-                skipped[name] = f"{path} is missing (tutorlm data build RECIPE)"
-        elif name == "reward":
-            path = Path(prefs) if prefs else layout.data("prefs.test.jsonl")
-            if path.is_file():
-                tasks.append({"name": name, "kind": "reward", "paths": [str(path)], "limit": limit})
-            else:
-                skipped[name] = f"{path} is missing (tutorlm data build RECIPE, or --prefs FILE)"
+    tasks = []
+    for spec in recipe_tasks(recipe, names) if names else []:
+        if spec.name == "mmlu_stem":
+            if mcqa:
+                spec.paths = [Path(mcqa)]
+            elif not spec.paths[0].is_file():
+                spec.paths = [_mmlu_sample(out_dir, limit or 200, recipe.seed)]
+        elif spec.name == "reward" and prefs:
+            spec.paths = [Path(prefs)]
+        problem = _missing(spec)
+        if problem:
+            skipped[spec.name] = problem.removeprefix(f"{spec.name}: ")
+            continue
+        tasks.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "label": settings.task_labels.get(spec.name, spec.name),
+                "paths": [str(path) for path in spec.paths],
+                "limit": None if spec.kind == "perplexity" else limit,
+            }
+        )
     return tasks, skipped
 
 
@@ -187,13 +210,8 @@ def run_quantize_compare(
                 f"unknown quantization method {name!r}; known: {', '.join(METHODS)}"
             )
     tasks, skipped_tasks = resolve_tasks(recipe, out_dir, mcqa=mcqa, prefs=prefs)
-    if reference is None:
-        from tutorlm.evaluate.runner import reward_reference
-
-        reference = reward_reference(recipe, model_spec)
-    if reference is None and any(task["kind"] == "reward" for task in tasks):
-        tasks = [task for task in tasks if task["kind"] != "reward"]
-        skipped_tasks["reward"] = f"{model_spec} has no reference model to score a reward against"
+    explicit_reference = reference
+    reference, row_tasks = _reward_setup(recipe, model_spec, reference, tasks, skipped_tasks)
     base_job = {
         "generation": {
             "prompt": settings.prompt,
@@ -201,7 +219,7 @@ def run_quantize_compare(
             "repeats": settings.repeats,
         },
         "threads": settings.threads,
-        "tasks": tasks,
+        "tasks": row_tasks,
         "eval": recipe.eval.model_dump(mode="json"),
         "seed": recipe.seed,
         "reference": reference,
@@ -210,18 +228,22 @@ def run_quantize_compare(
     }
     rows: list[dict] = []
     skipped_rows: dict[str, str] = {}
+    scored: set[str] = set()  # tasks some row ran: the table's columns
 
-    def measure(label: str, path, *, quantized: bool, dtype=None, extra=None) -> None:
+    def measure(label: str, path, *, quantized: bool, dtype=None, extra=None, job=None) -> None:
         job = {
             **base_job,
+            **(job or {}),
             "label": label,
             "path": str(path),
             "quantized": quantized,
             "dtype": dtype,
             "out_dir": str(out_dir / "rows" / label),
         }
+        scored.update(task["name"] for task in job["tasks"])
         row = _run_row(job, settings.isolate)
         row.update(extra or {})
+        row["reference"] = job["reference"]
         rows.append(row)
         echo(
             f"{label:<14} measured on {device}: {row['weight_bytes'] / 2**20:.1f} MiB, "
@@ -262,21 +284,32 @@ def run_quantize_compare(
                 "backend": method.backend,
             },
         )
-    if settings.baseline_model:
-        with float_source(settings.baseline_model) as (baseline_dir, _):
-            dtype = settings.references[0] if settings.references else "float32"
-            measure(
-                "baseline",
-                baseline_dir,
-                quantized=False,
-                dtype=dtype,
-                extra={
-                    "kind": "baseline",
-                    "method": None,
-                    "model": settings.baseline_model,
-                    "bits": 32 if dtype == "float32" else 16,
-                },
-            )
+    dtype = settings.references[0] if settings.references else "float32"
+    for number, baseline in enumerate(settings.baselines(), start=1):
+        label = "baseline" if len(settings.baselines()) == 1 else f"baseline-{number}"
+        why = baseline_missing(baseline, recipe)
+        if why is None:
+            job = _baseline_job(recipe, baseline, tasks, explicit=explicit_reference)
+            try:
+                with float_source(baseline) as (baseline_dir, _):
+                    measure(
+                        label,
+                        baseline_dir,
+                        quantized=False,
+                        dtype=dtype,
+                        job=job,
+                        extra={
+                            "kind": "baseline",
+                            "method": None,
+                            "model": baseline,
+                            "bits": 32 if dtype == "float32" else 16,
+                        },
+                    )
+            except (TutorlmError, OSError) as error:
+                why = str(error)
+        if why is not None:
+            skipped_rows[f"baseline {baseline}"] = why
+            echo(f"{label:<14} skipped: {why}")
     summary = {
         "model": model_spec,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -284,7 +317,7 @@ def run_quantize_compare(
         "device": device,
         "settings": settings.model_dump(mode="json"),
         "eval": recipe.eval.model_dump(mode="json"),
-        "tasks": tasks,
+        "tasks": [task for task in tasks if task["name"] in scored],
         "skipped_tasks": skipped_tasks,
         "skipped_rows": skipped_rows,
         "reference": base_job["reference"],
@@ -294,6 +327,57 @@ def run_quantize_compare(
     (out_dir / "compare.md").write_text(compare_markdown(summary))
     plot_compare(summary, out_dir / "compare.png")
     return rows
+
+
+def _reward_setup(recipe, model_spec, reference, tasks, skipped) -> tuple[str | None, list]:
+    """The reward reference of ``model_spec``'s rows and the tasks they run.
+
+    ``reference`` when given, else :func:`tutorlm.evaluate.runner.reward_reference` (the
+    model ``model_spec`` was trained from: the one rule, shared with ``tutorlm eval``);
+    without one the reward columns are left out, with why.
+    """
+    from tutorlm.evaluate.runner import reward_reference
+
+    if reference is None:
+        reference = reward_reference(recipe, model_spec)
+    if reference is not None or not any(task["kind"] == "reward" for task in tasks):
+        return reference, list(tasks)
+    for task in tasks:
+        if task["kind"] == "reward":
+            skipped[task["name"]] = f"{model_spec} has no reference model to score a reward against"
+    return None, [task for task in tasks if task["kind"] != "reward"]
+
+
+def _baseline_job(recipe, baseline: str, tasks: list[dict], *, explicit) -> dict:
+    """A baseline row's reference and tasks: its own reward reference by the same rule
+    (a model from outside the run: the recipe's base model), reward columns blank
+    without one."""
+    from tutorlm.evaluate.runner import reward_reference
+
+    reference = explicit if explicit is not None else reward_reference(recipe, baseline)
+    if reference is None:
+        tasks = [task for task in tasks if task["kind"] != "reward"]
+    return {"reference": reference, "tasks": tasks}
+
+
+def baseline_missing(spec: str, recipe=None) -> str | None:
+    """Why a baseline model cannot be measured yet (None: it can be loaded).
+
+    A baseline is usually the final model of another run (ProbLLMs: its sweep variant
+    ``baseline``); until that run has trained it, its directory does not exist, and the
+    row is listed as not measured instead of failing the whole table.
+    """
+    text = str(spec)
+    if text.startswith("bundled:"):
+        return None
+    path = Path(text).expanduser()
+    if path.exists():
+        return None
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") != 1
+    if not looks_local:
+        return None  # a hub id: resolve_model says whether it is there
+    where = f" `tutorlm sweep {recipe.source_path}`" if recipe and recipe.source_path else ""
+    return f"{text} does not exist yet: train that model first (its run or sweep variant{where})"
 
 
 def machine_description() -> dict:

@@ -6,11 +6,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tutorlm.evaluate.config import EVAL_SET_TASK, TASKS
 from tutorlm.quantize.measure import DEFAULT_PROMPT
 from tutorlm.quantize.methods import METHODS
 
-#: Accuracy columns the comparison can fill, as named by the evaluate stage.
-COMPARE_TASKS = ("perplexity_notes", "mmlu_stem", "mcqa_test", "reward")
+#: Why a quantized row runs no generation task: each row already times greedy
+#: generation, and BLEU / ROUGE of hundreds of generated answers per row would cost
+#: more than every other column together; the eval stage scores them for M2.
+NO_GENERATION = (
+    "generation tasks are not run on the quantize table's rows (each row times greedy "
+    "generation already, and generating every answer again per row costs more than all "
+    "other columns together); `tutorlm eval` scores them"
+)
+
+
+def task_refusal(name: str) -> str | None:
+    """Why a quantized row cannot run the eval task ``name`` (None: it can)."""
+    if name == "generation" or name.startswith("generation:"):
+        return NO_GENERATION
+    return None
 
 
 class QuantizeConfig(BaseModel):
@@ -41,15 +55,24 @@ class QuantizeConfig(BaseModel):
     baseline_model: str | None = None
     """A smaller fine-tuned model that joins the table unquantized (ProbLLMs' baseline:
     is a quantized big model better than a small model of the same size?)."""
+    baseline_models: list[str] = Field(default_factory=list)
+    """More such baselines, each a row (after ``baseline_model``). A baseline whose
+    directory does not exist yet (its sweep variant has not run) is listed as not
+    measured, with why."""
     embeddings: bool = True
     """Packed methods: also quantize the token embedding and output layer (int8,
     stored once when tied). They are a fifth of SmolLM2-135M's weights."""
-    tasks: list[str] = Field(default_factory=lambda: list(COMPARE_TASKS))
-    """Accuracy columns, computed exactly as ``tutorlm eval`` does (same files,
-    scorer and ``eval`` settings); a task whose file is missing is left blank."""
-    max_questions: int | None = Field(default=200, ge=1)
-    """MCQA questions and preference pairs per set for every row (None: all). The
-    smaller of this and ``eval.max_questions`` is used."""
+    tasks: list[str] | None = None
+    """Accuracy columns, named as ``eval.tasks`` names them (``mcqa:<set>``, ``reward``,
+    ``reward:<set>``, ``choice:<set>``, ``perplexity_notes``, ``mmlu_stem``, ...) and
+    computed exactly as ``tutorlm eval`` does (same files, scorer and ``eval``
+    settings); None: the recipe's ``eval.tasks`` less the generation tasks. A task
+    whose file is missing is left out, with why."""
+    task_labels: dict[str, str] = Field(default_factory=dict)
+    """Column names for tasks (``{perplexity_notes: WikiText-2}``); default the task's name."""
+    max_questions: int | None = Field(default=None, ge=1)
+    """MCQA questions and preference pairs per set for every row. None: as
+    ``tutorlm eval`` (``eval.max_questions``); else the smaller of the two."""
     new_tokens: int = Field(default=64, ge=1)
     """Tokens generated per timed run (greedy, batch size 1)."""
     repeats: int = Field(default=3, ge=1)
@@ -62,12 +85,31 @@ class QuantizeConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     """torch threads in every row (None: torch's default, one per core)."""
 
-    @field_validator("methods", "tasks")
+    @field_validator("methods")
     @classmethod
-    def _known_names(cls, names: list[str], info) -> list[str]:
-        known = METHODS if info.field_name == "methods" else COMPARE_TASKS
-        unknown = [name for name in names if name not in known]
+    def _known_methods(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in METHODS]
         if unknown:
-            what = "method(s)" if info.field_name == "methods" else "task(s)"
-            raise ValueError(f"unknown {what} {unknown}; known: {', '.join(known)}")
+            raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         return names
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, names: list[str] | None) -> list[str] | None:
+        """The eval stage's task names (``evaluate.config``), less the generation tasks."""
+        if names is None:
+            return None
+        unknown = [name for name in names if name not in TASKS and not EVAL_SET_TASK.match(name)]
+        if unknown:
+            raise ValueError(
+                f"unknown task(s) {unknown}; known: the eval task names "
+                f"({', '.join(TASKS)}, or <kind>:<eval set>)"
+            )
+        refused = [name for name in names if task_refusal(name)]
+        if refused:
+            raise ValueError(f"task(s) {refused}: {NO_GENERATION}")
+        return names
+
+    def baselines(self) -> list[str]:
+        """Every baseline model: ``baseline_model`` first, then ``baseline_models``."""
+        return [*([self.baseline_model] if self.baseline_model else []), *self.baseline_models]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tutorlm.quantize.table import MIB, mcqa_tasks
+from tutorlm.quantize.table import HEADLINE, MIB, headline, task_label
 
 
 def plot_compare(summary: dict, path: Path) -> Path | None:
     """Write a PNG of accuracy (MCQA, perplexity) against weight memory; None without rows.
 
-    One panel per accuracy measure that the rows have: MCQA accuracy with its
-    95 % interval as error bars, and perplexity on the course notes (lower is
-    better). The x axis is weight MiB, the one memory figure every row has.
+    One panel per column of the table: accuracies (MCQA, choice acc_norm, reward)
+    with their 95 % intervals as error bars, and perplexities (lower is better). The
+    x axis is weight MiB, the one memory figure every row has.
     """
     import matplotlib
 
@@ -22,18 +22,18 @@ def plot_compare(summary: dict, path: Path) -> Path | None:
     rows = summary["rows"]
     if not rows:
         return None
-    panels = [(task, "mcqa") for task in mcqa_tasks(summary)]
-    if any(task["kind"] == "perplexity" for task in summary["tasks"]):
-        panels.append(("perplexity_notes", "perplexity"))
+    panels = [task for task in summary["tasks"] if task["kind"] in HEADLINE]
+    panels += [task for task in summary["tasks"] if task["kind"] == "perplexity"]
     if not panels:
-        panels = [("tokens/s", "speed")]
+        panels = [{"name": "tokens/s", "kind": "speed"}]
     figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for axis, (task, kind) in zip(axes[0], panels, strict=True):
+    for axis, task in zip(axes[0], panels, strict=True):
+        kind = task["kind"]
         for row in rows:
             x = row["weight_bytes"] / MIB
-            entry = row.get("tasks", {}).get(task) or {}
-            if kind == "mcqa" and entry.get("accuracy"):
-                acc = entry["accuracy"]
+            entry = row.get("tasks", {}).get(task["name"]) or {}
+            acc = headline(row, task) if kind in HEADLINE else None
+            if acc:
                 axis.errorbar(
                     x,
                     acc["value"],
@@ -54,13 +54,13 @@ def plot_compare(summary: dict, path: Path) -> Path | None:
                 row["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8
             )
         axis.set_xlabel("weights (MiB)")
-        axis.set_ylabel(
-            {
-                "mcqa": f"{task} accuracy",
-                "perplexity": "perplexity (notes, lower is better)",
-                "speed": "tokens/s",
-            }[kind]
-        )
+        if kind == "speed":
+            axis.set_ylabel("tokens/s")
+        elif kind == "perplexity":
+            axis.set_ylabel(f"perplexity ({task_label(task)}, lower is better)")
+        else:
+            measure = "acc_norm" if kind == "choice" else "accuracy"
+            axis.set_ylabel(f"{task_label(task)} {measure}")
         axis.grid(alpha=0.3)
     figure.suptitle(f"Quantization of {Path(str(summary['model'])).name}", fontsize=10)
     figure.tight_layout()

@@ -13,17 +13,35 @@ def reference_row(rows: list[dict]) -> dict | None:
     return next((row for row in rows if row.get("kind") == "reference"), None)
 
 
+#: The figure each task kind is known by in a row: ``accuracy`` (MCQA, reward),
+#: ``accuracy_norm`` (choice completion, HellaSwag's acc_norm) or the perplexity ``value``.
+HEADLINE = {"mcqa": "accuracy", "reward": "accuracy", "choice": "accuracy_norm"}
+
+
 def mcqa_tasks(summary: dict) -> list[str]:
     return [task["name"] for task in summary["tasks"] if task["kind"] == "mcqa"]
 
 
-def _accuracy(row: dict, task: str):
+def accuracy_tasks(summary: dict) -> list[dict]:
+    """The tasks whose column is an accuracy with its interval (MCQA, choice, reward)."""
+    return [task for task in summary["tasks"] if task["kind"] in HEADLINE]
+
+
+def task_label(task: dict) -> str:
+    """A column's name: ``quantize.task_labels``, else the task's name (``notes`` for
+    the bundled notes' perplexity)."""
+    label = task.get("label") or task["name"]
+    return "notes" if label == "perplexity_notes" else label
+
+
+def headline(row: dict, task: dict) -> dict | None:
+    """The row's interval for an accuracy task (``{value, low, high, n}``), or None."""
+    entry = row.get("tasks", {}).get(task["name"]) or {}
+    return entry.get(HEADLINE[task["kind"]])
+
+
+def _perplexity(row: dict, task: str = "perplexity_notes") -> float | None:
     entry = row.get("tasks", {}).get(task) or {}
-    return entry.get("accuracy")
-
-
-def _perplexity(row: dict) -> float | None:
-    entry = row.get("tasks", {}).get("perplexity_notes") or {}
     return entry.get("value")
 
 
@@ -42,9 +60,8 @@ def compare_markdown(summary: dict) -> str:
     rows = summary["rows"]
     reference = reference_row(rows) or {}
     machine = summary["machine"]
-    mcqa = mcqa_tasks(summary)
-    has_reward = any(task["kind"] == "reward" for task in summary["tasks"])
-    has_ppl = any(task["kind"] == "perplexity" for task in summary["tasks"])
+    scored = accuracy_tasks(summary)
+    perplexities = [task for task in summary["tasks"] if task["kind"] == "perplexity"]
     header = [
         "row",
         "bits",
@@ -59,17 +76,15 @@ def compare_markdown(summary: dict) -> str:
         "TTFT ms",
         "device",
     ]
-    if has_ppl:
-        header += ["perplexity (notes)", "ppl change"]
-    for task in mcqa:
-        header += [f"{task} accuracy [95 % CI]", "change (points)"]
-    if has_reward:
-        header += ["reward accuracy [95 % CI]"]
+    for task in perplexities:
+        header += [f"perplexity ({task_label(task)})", "ppl change"]
+    for task in scored:
+        measure = "acc_norm" if task["kind"] == "choice" else "accuracy"
+        header += [f"{task_label(task)} {measure} [95 % CI]", "change (points)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     ref_bytes = reference.get("weight_bytes")
     ref_speed = (reference.get("generation") or {}).get("tokens_per_second")
     ref_cpu_speed = (reference.get("generation") or {}).get("tokens_per_cpu_second")
-    ref_ppl = _perplexity(reference) if reference else None
     for row in rows:
         speed = row["generation"]["tokens_per_second"]
         cpu_speed = row["generation"].get("tokens_per_cpu_second")
@@ -89,30 +104,27 @@ def compare_markdown(summary: dict) -> str:
             f"{row['generation']['ttft_seconds'] * 1000:.0f}",
             row.get("device", "cpu"),
         ]
-        if has_ppl:
-            ppl = _perplexity(row)
+        for task in perplexities:
+            ppl, ref_ppl = _perplexity(row, task["name"]), _perplexity(reference, task["name"])
             change = f"{(ppl / ref_ppl - 1) * 100:+.1f} %" if ppl and ref_ppl else "-"
             cells += [f"{ppl:.3f}" if ppl else "-", change]
-        for task in mcqa:
-            accuracy, ref_accuracy = _accuracy(row, task), _accuracy(reference, task)
+        for task in scored:
+            accuracy, ref_accuracy = headline(row, task), headline(reference, task)
             change = (
                 f"{(accuracy['value'] - ref_accuracy['value']) * 100:+.1f}"
                 if accuracy and ref_accuracy
                 else "-"
             )
             cells += [_cell_interval(accuracy), change]
-        if has_reward:
-            cells.append(_cell_interval(_accuracy(row, "reward")))
         lines.append("| " + " | ".join(cells) + " |")
     generation = rows[0]["generation"] if rows else {}
-    perplexity = next(
-        (_task_entry(rows, t["name"]) for t in summary["tasks"] if t["kind"] == "perplexity"), None
-    )
     notes = [
         f"Model `{summary['model']}`, {summary['created']}; {machine['cpu']}, {machine['cores']} cores"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else "")
         + f", torch {machine['torch']}, {rows[0]['threads'] if rows else '?'} threads.",
         "",
+        f"- Device: every row ran on `{summary.get('device', 'cpu')}`, the reference rows "
+        "included, so each ratio compares like with like.",
         "- Weights: bytes of every parameter and persistent buffer, each storage once "
         "(tied embedding / output layer once). Peak RSS: the row's own process after "
         "loading and generating, before any scoring"
@@ -133,23 +145,7 @@ def compare_markdown(summary: dict) -> str:
             + ", ".join(f"{row['label']} {row['load_average']:.1f}" for row in rows)
             + "."
         )
-    if perplexity:
-        notes.append(f"- Perplexity: {perplexity.get('definition', '')}.")
-    for task in mcqa:
-        entry = _task_entry(rows, task) or {}
-        path = next(t["paths"][0] for t in summary["tasks"] if t["name"] == task)
-        notes.append(
-            f"- {task}: {entry.get('n', '?')} questions from `{path}`, "
-            f"{entry.get('method', '')} scoring, {entry.get('shots', 0)}-shot"
-            + (", chat template" if entry.get("chat") else "")
-            + "; 95 % bootstrap interval."
-        )
-    if has_reward:
-        entry = _task_entry(rows, "reward") or {}
-        notes.append(
-            f"- reward: implicit DPO reward accuracy on {(entry.get('accuracy') or {}).get('n', '?')} "
-            f"pairs against the reference `{summary.get('reference', '')}`."
-        )
+    notes += [_task_note(summary, rows, task) for task in summary["tasks"]]
     for name, reason in summary.get("skipped_rows", {}).items():
         notes.append(f"- Not measured: {name}: {reason}")
     for name, reason in summary.get("skipped_tasks", {}).items():
@@ -160,3 +156,31 @@ def compare_markdown(summary: dict) -> str:
 
 def _task_entry(rows: list[dict], task: str) -> dict | None:
     return next((row["tasks"][task] for row in rows if task in row.get("tasks", {})), None)
+
+
+def _task_note(summary: dict, rows: list[dict], task: dict) -> str:
+    """One line saying how a column was computed: files, count, scoring, reference."""
+    entry = _task_entry(rows, task["name"]) or {}
+    files = ", ".join(f"`{path}`" for path in task["paths"])
+    label = task_label(task)
+    if task["kind"] == "perplexity":
+        return f"- Perplexity ({label}): {entry.get('definition', '')}; {files}."
+    if task["kind"] == "mcqa":
+        return (
+            f"- {label}: {entry.get('n', '?')} questions from {files}, "
+            f"{entry.get('method', '')} scoring, {entry.get('shots', 0)}-shot"
+            + (", chat template" if entry.get("chat") else "")
+            + "; 95 % bootstrap interval."
+        )
+    if task["kind"] == "choice":
+        return (
+            f"- {label}: {entry.get('n', '?')} items from {files}, choice completion "
+            "(acc_norm: log-likelihood per character of each ending); 95 % bootstrap interval."
+        )
+    references = sorted({str(row.get("reference")) for row in rows if task["name"] in row["tasks"]})
+    against = ", ".join(f"`{ref}`" for ref in references) or f"`{summary.get('reference', '')}`"
+    return (
+        f"- {label}: implicit DPO reward accuracy on {(entry.get('accuracy') or {}).get('n', '?')} "
+        f"pairs from {files} against {against} (the model each row's model was trained from: "
+        "`evaluate.runner.reward_reference`)."
+    )
