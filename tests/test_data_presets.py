@@ -11,7 +11,13 @@ from tutorlm.data.examples import DataError, SourceStats
 from tutorlm.data.rules.records import RecordBuilder
 from tutorlm.data.rules.text import last_boxed
 from tutorlm.data.sources.hub import HubReader
-from tutorlm.data.sources.hub_presets import CONVERTERS, PARQUET, PRESETS, load_preset_fixture
+from tutorlm.data.sources.hub_presets import (
+    CONVERTERS,
+    PARQUET,
+    PRESETS,
+    estimated_votes,
+    load_preset_fixture,
+)
 
 KIND = {"qa": "sft", "messages": "sft", "pair": "preference", "mc": "mcqa", "ranked": "preference"}
 
@@ -180,6 +186,9 @@ def reader_for(name: str, **extra) -> HubReader:
 def test_every_preset_maps_its_fixture_rows(name):
     preset = PRESETS[name]
     kept, drops, index, fields = EXPECTED[preset.fixture]
+    if preset.converter == "se_votes":  # pm_score 5 accepted -> 15 votes; 2 -> 3 votes
+        texts = [text for text, _ in fields["answers"]]
+        fields = {**fields, "answers": list(zip(texts, [15.0, 3.0], strict=True))}
     reader = reader_for(name)
     reader.check()  # every mapped and converter column exists in the fixture rows
     stats = SourceStats("test", "hub")
@@ -221,6 +230,47 @@ def test_stack_exchange_html_becomes_text_with_code_and_latex():
     best = examples[0].answers[0][0]
     assert "Michelson–Morley" in best and "$x' = \\gamma (x - vt)$" in best
     assert best.endswith("```\nc' = c\n```")
+
+
+@pytest.mark.parametrize(
+    ("pm_score", "accepted", "votes"),
+    [
+        (4, False, 15.0),
+        (3, False, 7.0),
+        (2, False, 3.0),
+        (5, True, 15.0),
+        (0, True, 0.0),
+        (-1, False, -1.0),
+        (0, False, 0.0),
+    ],
+)
+def test_stack_exchange_votes_are_estimated_from_the_log_score(pm_score, accepted, votes):
+    assert estimated_votes(pm_score, accepted) == votes
+
+
+def test_probllms_vote_thresholds_read_in_votes_keep_the_reports_pairs():
+    """ProbLLMs' rule (chosen >= 10, rejected 3-5) read on pm_score keeps one pair whose
+    rejected answer has ~15 votes; read in estimated votes it keeps both questions
+    whose chosen answer has >= 10 votes, each against its ~3-vote answer."""
+
+    def pairs(name):
+        reader = reader_for(name, pairing="probllms")
+        stats = SourceStats("test", "hub")
+        builder = RecordBuilder(
+            reader.config, reader.kind, seed=0, section="t", system_prompt=None, model="unused"
+        )
+        rows = builder.build(list(reader.examples(stats)), stats)
+        kept = [(row.record.meta["scores"], row.record.rejected[0].content[:14]) for row in rows]
+        return kept, dict(stats.dropped)
+
+    assert pairs("stackexchange_physics") == (
+        [([11.0, 4.0], "Maxwell's equa")],
+        {"chosen_min_score": 2},
+    )
+    assert pairs("stackexchange_physics_votes") == (
+        [([1023.0, 3.0], "Because light "), ([15.0, 3.0], "It is the area")],
+        {"chosen_min_score": 1},
+    )
 
 
 def test_preset_fixture_rows_have_the_real_columns():

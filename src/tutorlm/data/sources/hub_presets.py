@@ -168,8 +168,50 @@ def _se(site: str, report: str) -> HubPreset:
         report,
         data_dir=f"data/{site}",
         html=True,
-        notes="score = log2(1 + upvotes), +1 if accepted; HTML bodies",
+        notes="score = log2(1 + upvotes) rounded, +1 if accepted; HTML bodies",
     )
+
+
+def _se_votes(site: str, report: str) -> HubPreset:
+    """A Stack Exchange site scored in estimated upvotes (:func:`estimated_votes`), for
+    rules written in votes (ProbLLMs: chosen >= 10 upvotes, rejected 3-5)."""
+    return HubPreset(
+        "HuggingFaceH4/stack-exchange-preferences",
+        "ranked",
+        {**_SE, "answer_score": "votes"},
+        "stackexchange",
+        report,
+        data_dir=f"data/{site}",
+        html=True,
+        converter="se_votes",
+        notes="score = estimated upvotes, 2 ** (pm_score - accepted) - 1; HTML bodies",
+    )
+
+
+def estimated_votes(pm_score: float, accepted: bool) -> float:
+    """The upvotes an H4 Stack Exchange answer had, estimated from its ``pm_score``.
+
+    H4 stores ``round(log2(1 + upvotes))``, plus 1 for the accepted answer, and -1 when
+    the votes are negative; the raw count is gone. ``2 ** (pm_score - accepted) - 1`` is
+    the centre of the counts that round to that score (a score of 4 holds 11-21 votes,
+    estimated 15; 3 holds 5-10, estimated 7; 2 holds 2-4, estimated 3). A negative score
+    stays -1; an accepted answer with no upvotes is 0.
+    """
+    if pm_score < 0:
+        return -1.0
+    return max(2.0 ** (pm_score - (1 if accepted else 0)) - 1.0, 0.0)
+
+
+def _se_votes_row(row: dict, columns: dict) -> dict:
+    """Stack Exchange answers with a ``votes`` key beside their ``pm_score``."""
+    answers = [
+        {**answer, "votes": estimated_votes(float(answer["pm_score"]), bool(answer["selected"]))}
+        for answer in row[columns.get("answers", "answers")] or []
+    ]
+    return {"answers": answers}
+
+
+CONVERTERS["se_votes"] = _se_votes_row
 
 
 def _shp_forum(forum: str) -> HubPreset:
@@ -296,6 +338,12 @@ PRESETS: dict[str, HubPreset] = {
     "stackexchange_physics": _se("physics.stackexchange.com", "EPFLLaMA, ProbLLMs"),
     "stackexchange_cs": _se("cs.stackexchange.com", "EPFLLaMA, ProbLLMs"),
     "stackexchange_datascience": _se("datascience.stackexchange.com", "EPFLLaMA"),
+    "stackoverflow": _se("stackoverflow.com", "ProbLLMs"),
+    # ProbLLMs' thresholds are in upvotes: the same sites scored in estimated votes
+    "stackexchange_math_votes": _se_votes("math.stackexchange.com", "ProbLLMs"),
+    "stackexchange_physics_votes": _se_votes("physics.stackexchange.com", "ProbLLMs"),
+    "stackexchange_cs_votes": _se_votes("cs.stackexchange.com", "ProbLLMs"),
+    "stackoverflow_votes": _se_votes("stackoverflow.com", "ProbLLMs"),
     # ProbLLMs: question/answer sets corrupted into pairs
     "camel_math": HubPreset(
         "camel-ai/math",
