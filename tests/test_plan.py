@@ -114,3 +114,19 @@ def test_dry_run_writes_nothing(tmp_path):
     )
     assert "dpo: rows unknown until built, 2000 optimizer steps" in result.stdout
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("bf16", "dtype"), [(True, "bfloat16"), (False, "float16")])
+def test_the_plan_trains_in_the_gpus_mixed_precision(monkeypatch, tmp_path, bf16, dtype):
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml", ["device=cuda"])  # no bf16 key
+    lines = plan_lines(recipe.to_dict(), processes=1)
+    sft = next(line for line in lines if line.startswith("sft: "))
+    assert f"optimizer steps, {dtype}, " in sft
+    assert lines[1] == "device cuda, 1 process(es)"

@@ -144,12 +144,13 @@ def lora_params(shape: ModelShape, r: int, modules: list[str] | str) -> int:
     return shape.layers * per_layer
 
 
-def train_dtype(section: Mapping[str, Any], bf16_default: bool) -> str:
+def train_dtype(section: Mapping[str, Any], default: str) -> str:
     """The dtype a training stage runs in: ``bf16`` / ``fp16`` of its section; unset,
-    bf16 where it is fast (``train/trl_args.py``'s default), else fp32."""
-    if section.get("bf16", bf16_default):
+    ``default``, the device's mixed precision (``train/trl_args.py``'s rule: bf16 where
+    it is fast, fp16 on a CUDA GPU without bf16, else fp32)."""
+    if section.get("bf16", default == "bfloat16"):
         return "bfloat16"
-    if section.get("fp16"):
+    if section.get("fp16", default == "float16"):
         return "float16"
     return "float32"
 
@@ -227,14 +228,13 @@ def _gb(value: int) -> str:
 
 def plan_lines(recipe: Mapping[str, Any], processes: int | None = None) -> list[str]:
     """The dry run's report of a resolved recipe (``Recipe.to_dict()``), one line each."""
-    import torch
-
-    from tutorlm.hardware import bf16_is_fast, device_dtype
+    from tutorlm.hardware import auto_dtype, device_dtype
 
     processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     device, resolved = _device(recipe)
-    # training's own rule: bf16 where the device it runs on multiplies bf16 fast
-    fast_bf16 = device_dtype("auto", device) == torch.bfloat16 if resolved else bf16_is_fast()
+    # training's own rule: the device's mixed precision, fp32 when it has none
+    half = device_dtype("auto", device) if resolved else auto_dtype()
+    default_dtype = str(half).removeprefix("torch.")
     shape = model_shape(str(recipe["model"]))
     lines = [
         f"model {recipe['model']}: {shape.layers} layers, hidden {shape.hidden}, "
@@ -256,7 +256,7 @@ def plan_lines(recipe: Mapping[str, Any], processes: int | None = None) -> list[
         else:
             rows_text = f"{rows} rows" if exact else f"at most {rows} rows"
         steps = optimizer_steps(section, rows, processes)
-        dtype = train_dtype(section, fast_bf16)
+        dtype = train_dtype(section, default_dtype)
         lora = (train.get("dpo_lora") if name == "dpo" else None) or train["lora"]
         length = section.get("max_length", 1024)
         pairs = 1 if name == "sft" or train.get("dpo_split_pairs", True) else 2
