@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("layout", "hardware", "cli_flags"),
     ("contract", "data.formats", "commands"),
     ("models", "prompts", "templates"),
-    ("generation", "logprobs"),
+    ("generation", "bulk", "logprobs"),
     ("recipe", "smoke"),
     ("data", "train", "evaluate", "quantize", "rag", "serve", "report", "model_commands"),
     ("pipeline",),
