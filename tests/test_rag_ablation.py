@@ -206,5 +206,131 @@ def test_a_recipe_decides_the_ablation_for_run_and_eval_rag_alike(tmp_path, monk
         "seed": 7,
         "resamples": 10,
         "scorer": "S",
+        "embedder": None,
+        "index_root": None,
         "log": print,
     }
+
+
+def _two_model_run(tmp_path, tiny_model_dir, smollm_tokenizer_dir, notes, *, train_m2=True, **rag):
+    """A run whose M0 is the tiny model and whose M2 is another tiny model (seed 1), with
+    notes questions in ``mcqa.test.jsonl`` and an ``arc`` eval set of the same questions."""
+    from conftest import build_tiny_llama
+
+    from tutorlm.data.formats import write_records
+    from tutorlm.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "name": "r",
+            "run_root": str(tmp_path / "runs"),
+            "model": str(tiny_model_dir),
+            "eval": {"dtype": "float32", "bootstrap_resamples": 10},
+            "rag": {
+                "sources": [str(notes)],
+                "ablation_ks": [1],
+                "ablation_chunk_tokens": [32],
+                "mode": "dense",
+                **rag,
+            },
+        }
+    )
+    layout = recipe.layout
+    if train_m2:
+        build_tiny_llama(smollm_tokenizer_dir, layout.merged("dpo"), seed=1)
+    rows = [r.model_dump() | {"source": "notes"} for r in records()]
+    write_records(layout.data("mcqa.test.jsonl"), rows)
+    write_records(layout.data("arc.jsonl"), [row | {"source": "arc"} for row in rows[:2]])
+    return recipe
+
+
+def test_ablation_on_two_models_writes_one_block_per_model_and_set(
+    tmp_path, tiny_model_dir, smollm_tokenizer_dir, notes
+):
+    from tutorlm.evaluate.ablations import run_recipe_ablations
+    from tutorlm.evaluate.mcqa import evaluate_mcqa
+    from tutorlm.evaluate.scorer import Scorer
+
+    recipe = _two_model_run(
+        tmp_path,
+        tiny_model_dir,
+        smollm_tokenizer_dir,
+        notes,
+        ablation_models=["M2", "M0"],
+        ablation_questions=["notes", "mcqa:arc", "mcqa:gsm8k_mcqa"],
+    )
+    out = tmp_path / "rag"
+    result = run_recipe_ablations(recipe, out, embedder=KeywordEmbedder(), log=lambda line: None)
+    m2 = recipe.layout.model("M2")
+    assert [(b.label, b.questions, b.model, b.n) for b in result.blocks] == [
+        ("M2", "notes", m2, 3),
+        ("M2", "mcqa:arc", m2, 2),
+        ("M0", "notes", str(tiny_model_dir), 3),
+        ("M0", "mcqa:arc", str(tiny_model_dir), 2),
+    ]
+    assert list(result.skipped) == ["mcqa:gsm8k_mcqa"]
+    assert "gsm8k_mcqa.jsonl is missing" in result.skipped["mcqa:gsm8k_mcqa"]
+    # each block's "no retrieval" row is the plain MCQA score of its own model
+    for block in result.blocks:
+        scorer = Scorer.from_spec(block.model, dtype="float32")
+        asked = records() if block.questions == "notes" else records()[:2]
+        plain = evaluate_mcqa(scorer, asked, method="choice", resamples=10)
+        assert block.rows[0].accuracy.value == plain.accuracy.value
+        assert [row.condition for row in block.rows] == ["no retrieval", "k=1, 32-token chunks"]
+    summary = json.loads((out / "ablation.json").read_text())
+    assert [(b["label"], b["questions"]) for b in summary["blocks"]] == [
+        ("M2", "notes"), ("M2", "mcqa:arc"), ("M0", "notes"), ("M0", "mcqa:arc"),
+    ]  # fmt: skip
+    assert summary["label"] == "M2" and summary["n"] == 3  # the first block at the top
+    markdown = (out / "ablation.md").read_text()
+    assert markdown.startswith("MCQA with and without retrieval, one block per model")
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings == ["## M2, notes", "## M2, mcqa:arc", "## M0, notes", "## M0, mcqa:arc"]
+    assert "- Not measured: mcqa:gsm8k_mcqa: " in markdown
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "m0-mcqa_arc" / "ablation.json").read_text())["label"] == "M0"
+    assert sorted(p.name for p in out.glob("index-*")) == ["index-32tok"]  # built once
+
+
+def test_ablation_default_is_the_final_model_on_the_notes_questions(
+    tmp_path, tiny_model_dir, smollm_tokenizer_dir, notes
+):
+    from tutorlm.evaluate.ablations import run_recipe_ablations
+
+    recipe = _two_model_run(tmp_path, tiny_model_dir, smollm_tokenizer_dir, notes)
+    out = tmp_path / "rag"
+    result = run_recipe_ablations(recipe, out, embedder=KeywordEmbedder(), log=lambda line: None)
+    assert [(b.label, b.questions) for b in result.blocks] == [("M2", "notes")]
+    # one block: its files straight in the folder, as the ablation has always written
+    assert json.loads((out / "ablation.json").read_text())["rows"][0]["condition"] == "no retrieval"
+    assert (
+        (out / "ablation.md")
+        .read_text()
+        .startswith(
+            f"MCQA with and without retrieval: M2 (`{recipe.layout.model('M2')}`), 3 questions from notes"
+        )
+    )
+
+
+def test_an_untrained_model_is_skipped_and_a_non_mcqa_set_is_refused(
+    tmp_path, tiny_model_dir, smollm_tokenizer_dir, notes
+):
+    from tutorlm.evaluate.ablation import AblationError
+    from tutorlm.evaluate.ablations import run_recipe_ablations
+
+    recipe = _two_model_run(
+        tmp_path, tiny_model_dir, smollm_tokenizer_dir, notes, train_m2=False,
+        ablation_models=["M0", "M2"],
+    )  # fmt: skip
+    result = run_recipe_ablations(
+        recipe, tmp_path / "rag", embedder=KeywordEmbedder(), log=lambda line: None
+    )
+    assert [b.label for b in result.blocks] == ["M0"]
+    assert result.skipped == {
+        "M2": f"{recipe.layout.model('M2')} is not trained yet (tutorlm run RECIPE trains it)"
+    }
+    wrong = recipe.model_copy(
+        update={"rag": recipe.rag.model_copy(update={"ablation_questions": ["reward"]})}
+    )
+    with pytest.raises(AblationError, match="'reward' is a reward task; the ablation asks MCQA"):
+        run_recipe_ablations(wrong, tmp_path / "rag2", log=lambda line: None)

@@ -9,7 +9,9 @@ the gain is measured per question (paired) and its interval is far narrower than
 the difference of two independent intervals would suggest.
 
 :func:`run_recipe_ablation` maps a recipe onto it, once, for both ``tutorlm run``'s
-``rag`` stage and ``tutorlm eval rag``, so that both score the same ablation alike.
+``rag`` stage and ``tutorlm eval rag``, so that both score the same ablation alike;
+:func:`tutorlm.evaluate.ablations.run_recipe_ablations` runs it for every model of
+``rag.ablation_models`` and every question set of ``rag.ablation_questions``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from tutorlm.data.formats import MCQARecord, atomic_write_text
+from tutorlm.errors import TutorlmError
 from tutorlm.rag.config import BUNDLED_EMBEDDER, BUNDLED_NOTES, IndexSettings, SearchMode
 from tutorlm.rag.records import Hit
 from tutorlm.rag.store import read_manifest
@@ -70,6 +73,20 @@ class AblationTable:
     method: str
     rows: list[AblationRow] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+    """The block's model label (``M0``, ``M2`` or the model's folder name)."""
+    questions: str = ""
+    """The block's question set (``notes``, ``mcqa:arc`` ...)."""
+
+    @property
+    def title(self) -> str:
+        """The block's heading line: model, questions, search and scoring."""
+        who = f"{self.label} (`{self.model}`)" if self.label else self.model
+        asked = f" from {self.questions}" if self.questions else ""
+        return (
+            f"MCQA with and without retrieval: {who}, {self.n} questions{asked}, "
+            f"{self.mode} search, {self.method} scoring"
+        )
 
     def markdown(self) -> str:
         """The table as Markdown, 95 % bootstrap intervals in brackets."""
@@ -79,9 +96,16 @@ class AblationTable:
         header += ["gold section in prompt", "notes tokens"]
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for row in self.rows:
-            cells = [row.condition, _interval(row.accuracy), _interval(row.gain, signed=True)]
+            cells = [
+                row.condition,
+                interval_text(row.accuracy),
+                interval_text(row.gain, signed=True),
+            ]
             if normed:
-                cells += [_interval(row.accuracy_norm), _interval(row.gain_norm, signed=True)]
+                cells += [
+                    interval_text(row.accuracy_norm),
+                    interval_text(row.gain_norm, signed=True),
+                ]
             cells.append("–" if row.gold_retrieved is None else f"{row.gold_retrieved:.2f}")
             cells.append(f"{row.context_tokens:.0f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -90,6 +114,8 @@ class AblationTable:
     def to_dict(self) -> dict:
         return {
             "model": self.model,
+            "label": self.label,
+            "questions": self.questions,
             "n": self.n,
             "mode": self.mode,
             "method": self.method,
@@ -98,7 +124,7 @@ class AblationTable:
         }
 
 
-def _interval(value, *, signed: bool = False) -> str:
+def interval_text(value, *, signed: bool = False) -> str:
     if value is None:
         return "–"
     form = "+.3f" if signed else ".3f"
@@ -183,6 +209,7 @@ def run_rag_ablation(
     resamples: int = 1000,
     scorer=None,
     embedder=None,
+    index_root: str | Path | None = None,
     log=print,
 ) -> AblationTable:
     """Score MCQA without retrieval, then with k notes for every k and chunk size.
@@ -203,6 +230,8 @@ def run_rag_ablation(
         seed, resamples: for the bootstrap intervals.
         scorer: a ready ``tutorlm.evaluate.scorer.Scorer`` (tests pass a tiny one).
         embedder: a ready embedder (see ``rag.embed.Embedder``).
+        index_root: where the ``index-<n>tok`` folders go (default ``out_dir``); the
+            blocks of one ablation share them, so the notes are embedded once.
         log: called with one progress line at a time.
     """
     from tutorlm.evaluate.mcqa import evaluate_mcqa
@@ -248,7 +277,7 @@ def run_rag_ablation(
             chunk_tokens=chunk_tokens,
             chunk_overlap=min(32, chunk_tokens // 4),
         )
-        index_dir = out_dir / f"index-{chunk_tokens}tok"
+        index_dir = Path(index_root or out_dir) / f"index-{chunk_tokens}tok"
         build_index(list(notes_paths), index_dir, settings=settings, embedder=embedder)
         index = load_index(index_dir, embedder=embedder)
         retrieved = [index.search(r.question, k=max(ks), mode=mode) for r in records]
@@ -303,6 +332,14 @@ def run_rag_ablation(
 #: choice likelihoods do (docs/rag.md).
 ABLATION_METHOD = "choice"
 
+#: The question set ``rag.ablation_questions`` names ``notes``: a run's MCQA test
+#: questions written from the course notes, whose answers the index holds.
+NOTES_QUESTIONS = "notes"
+
+
+class AblationError(TutorlmError, ValueError):
+    """An ablation the recipe asks for that cannot be set up (a question set of another kind)."""
+
 
 def recipe_notes_questions(recipe) -> list[MCQARecord]:
     """A run's notes questions: the items of its ``mcqa.test.jsonl`` written from the
@@ -320,6 +357,8 @@ def run_recipe_ablation(
     embedding_model: str | None = None,
     method: str = ABLATION_METHOD,
     scorer=None,
+    embedder=None,
+    index_root: str | Path | None = None,
     log=print,
 ) -> AblationTable:
     """The ablation as a recipe sets it: ``rag`` gives the ks, chunk sizes, search mode,
@@ -336,20 +375,10 @@ def run_recipe_ablation(
             ``rag.embedding_model`` (``eval rag --index DIR`` passes DIR's own).
         method: MCQA scoring, :data:`ABLATION_METHOD` unless asked otherwise.
         scorer: a ready scorer of ``model`` (tests pass a tiny one).
+        embedder, index_root: see :func:`run_rag_ablation`.
         log: called with one progress line at a time.
     """
-    if scorer is None:
-        from tutorlm.evaluate.scorer import Scorer
-        from tutorlm.templates import apply_template
-
-        scorer = Scorer.from_spec(
-            model,
-            dtype=recipe.eval.dtype,
-            device=recipe.device,
-            batch_size=recipe.eval.batch_size,
-        )
-        if recipe.chat_template is not None:
-            apply_template(scorer.tokenizer, recipe.chat_template)
+    scorer = scorer or recipe_scorer(recipe, model)
     settings = recipe.rag
     return run_rag_ablation(
         model,
@@ -366,8 +395,24 @@ def run_recipe_ablation(
         seed=recipe.seed,
         resamples=recipe.eval.bootstrap_resamples,
         scorer=scorer,
+        embedder=embedder,
+        index_root=index_root,
         log=log,
     )
+
+
+def recipe_scorer(recipe, model: str):
+    """``model`` loaded as ``tutorlm eval`` loads it: the recipe's dtype, device, batch
+    size and chat template."""
+    from tutorlm.evaluate.scorer import Scorer
+    from tutorlm.templates import apply_template
+
+    scorer = Scorer.from_spec(
+        model, dtype=recipe.eval.dtype, device=recipe.device, batch_size=recipe.eval.batch_size
+    )
+    if recipe.chat_template is not None:
+        apply_template(scorer.tokenizer, recipe.chat_template)
+    return scorer
 
 
 def _correct(result) -> tuple[list[float], list[float] | None]:
@@ -392,23 +437,42 @@ def _write(table: AblationTable, out_dir: Path, predictions: list[dict]) -> None
     }
     lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     atomic_write_text(out_dir / "predictions.jsonl", lines)
+    write_block_files(table, out_dir)
+
+
+def write_block_files(table: AblationTable, out_dir: Path) -> None:
+    """A block's own ``ablation.md``, ``.json`` and ``.png`` (again once its label is known)."""
     plot_ablation(table, out_dir / "ablation.png")
-    header = (
-        f"MCQA with and without retrieval: {table.model}, {table.n} questions, "
-        f"{table.mode} search, {table.method} scoring\n\n"
-    )
-    atomic_write_text(out_dir / "ablation.md", header + table.markdown())
+    atomic_write_text(out_dir / "ablation.md", f"{table.title}\n\n{table.markdown()}")
     atomic_write_text(out_dir / "ablation.json", json.dumps(table.to_dict(), indent=2) + "\n")
 
 
 def plot_ablation(table: AblationTable, path: Path) -> Path:
     """Accuracy against k, one line per chunk size, the no-retrieval band behind them."""
+    return plot_ablations([table], path)
+
+
+def plot_ablations(tables: Sequence[AblationTable], path: Path) -> Path:
+    """One panel per block, side by side on one accuracy axis, so that blocks (M0
+    against M2) compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    figure, panels = plt.subplots(
+        1, len(tables), figsize=(6 * len(tables), 4), dpi=120, sharey=True, squeeze=False
+    )
+    for axes, table in zip(panels[0], tables, strict=True):
+        _plot_block(axes, table)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _plot_block(axes, table: AblationTable) -> None:
     base = table.rows[0].accuracy
     axes.axhspan(base.low, base.high, color="0.85", label=f"no retrieval ({base.value:.3f})")
     axes.axhline(base.value, color="0.4", linewidth=1)
@@ -423,11 +487,8 @@ def plot_ablation(table: AblationTable, path: Path) -> Path:
                       capsize=3, label=f"{size}-token chunks")  # fmt: skip
     axes.set_xlabel("retrieved chunks k")
     axes.set_ylabel("MCQA accuracy (95 % CI)")
-    axes.set_title(f"{Path(table.model).name}: {table.n} questions, {table.mode} retrieval")
+    who = table.label or Path(table.model).name
+    asked = f" ({table.questions})" if table.questions else ""
+    axes.set_title(f"{who}: {table.n} questions{asked}, {table.mode} retrieval", fontsize=9)
     axes.set_xticks(sorted({row.k for row in table.rows if row.k}))
     axes.legend(loc="best", fontsize=8)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path

@@ -102,25 +102,24 @@ def _run_quantize(recipe: Recipe, state: PipelineState) -> StageOutcome:
 
 
 def _run_rag(recipe: Recipe, state: PipelineState) -> StageOutcome:
-    from tutorlm.evaluate.ablation import recipe_notes_questions, run_recipe_ablation
+    from tutorlm.evaluate.ablations import run_recipe_ablations
     from tutorlm.rag.index import build_index
 
     layout, settings = recipe.layout, recipe.rag
     build_index(list(settings.sources), layout.index, settings=settings.index_settings())
-    records = recipe_notes_questions(recipe)
-    if not records:
-        return StageOutcome(
-            summary="index built; no MCQA test questions from the notes, so no ablation",
-            outputs=[layout.index],
-        )
-    table = run_recipe_ablation(
-        recipe, layout.model("M2"), records, layout.rag_dir, log=lambda line: None
-    )
-    best = max(table.rows[1:], key=lambda row: row.accuracy.value, default=None)
-    summary = f"{len(records)} notes questions; no retrieval {table.rows[0].accuracy.value:.3f}"
-    if best is not None:
-        summary += f", best {best.condition} {best.accuracy.value:.3f}"
-    return StageOutcome(summary=summary, outputs=[layout.ablation_table, layout.index])
+    result = run_recipe_ablations(recipe, layout.rag_dir, log=lambda line: None)
+    if not result.blocks:
+        why = "; ".join(f"{name}: {reason}" for name, reason in result.skipped.items())
+        return StageOutcome(summary=f"index built; no ablation ({why})", outputs=[layout.index])
+    parts = []
+    for block in result.blocks:
+        best = max(block.rows[1:], key=lambda row: row.accuracy.value, default=None)
+        part = f"{block.label} on {block.n} {block.questions} questions: no retrieval "
+        part += f"{block.rows[0].accuracy.value:.3f}"
+        if best is not None:
+            part += f", best {best.condition} {best.accuracy.value:.3f}"
+        parts.append(part)
+    return StageOutcome(summary="; ".join(parts), outputs=[layout.ablation_table, layout.index])
 
 
 # -- samples and report ---------------------------------------------------------------

@@ -74,6 +74,16 @@ class RagConfig(IndexSettings):
         default_factory=lambda: [64, 200]
     )
     """Chunk sizes the MCQA ablation compares (one index each)."""
+    ablation_models: list[str] = Field(default_factory=list)
+    """Models the ablation asks, each a block of its table: ``M0``, ``M1``, ``M2`` (the
+    run's own, by ``RunLayout.model``) or any model spec. Empty: the run's final model
+    (M2, else M1, else M0). ProbLLMs asks ``[M2, M0]``: what retrieval adds to the
+    fine-tuned model and to the model it started from."""
+    ablation_questions: list[str] = Field(default_factory=lambda: ["notes"], min_length=1)
+    """Question sets the ablation asks, each a block per model: ``notes`` (the run's
+    MCQA test questions written from the course notes) or an MCQA task of ``eval.tasks``'
+    naming (``mcqa_test``, ``mmlu_stem``, ``mcqa:<eval set>``), read from the same file
+    ``tutorlm eval`` reads, at most ``eval.max_questions`` of them."""
 
     def index_path(self, run_dir: str | Path) -> Path:
         """``index_dir`` if set, else ``<run_dir>/rag/index``."""
