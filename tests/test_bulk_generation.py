@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tutorlm.bulk import (
+    Generated,
     GenerationConfig,
     GenerationError,
-    Generated,
     Sampling,
     TransformersGenerator,
     open_generator,
@@ -211,7 +211,9 @@ def test_vllm_gets_the_engine_settings_and_token_ids_of_our_template(fake_vllm, 
             "max_model_len": 4096,
         }
     ]
-    sampling = Sampling(max_new_tokens=9, temperature=0.7, top_k=50, top_p=1.0, seed=3, stop=("##",))
+    sampling = Sampling(
+        max_new_tokens=9, temperature=0.7, top_k=50, top_p=1.0, seed=3, stop=("##",)
+    )
     out = generator.generate(CHATS[:3], sampling, max_new_tokens=[9, 2, 5])
     prompts, params, use_tqdm = generator.llm.calls[0]
     ids = [chat_prompt_ids(generator.tokenizer, c) for c in CHATS[:3]]

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from tutorlm.bulk import Generated
 from tutorlm.data.config import (
     AnnotatedConfig,
     CorruptConfig,
@@ -227,21 +228,65 @@ def test_rule_corruption_of_prose_swaps_a_comparative_and_fails_when_nothing_app
         corruptor.corrupt(Example("qa", "2", question="q", answer="Yes."), None, random.Random(0))
 
 
-def test_model_corruption_uses_the_appendix_a_prompts(monkeypatch):
-    corruptor = corrupt.Corruptor(CorruptConfig(method="model", n_ops=2), "some-model")
-    prompts = []
+class MarkingGenerator:
+    """A bulk generator that appends the operation's name to the answer it is given."""
 
-    def fake(op, question, answer, rng):
-        prompts.append(op)
-        return answer + f" [{op}]"
+    def __init__(self):
+        self.calls = []
 
-    monkeypatch.setattr(corruptor, "_generate", fake)
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def generate(self, prompts, sampling, *, max_new_tokens=None, desc=""):
+        self.calls.append(prompts)
+        out = []
+        for system, user in prompts:
+            op = next(
+                op for op, text in corrupt.CORRUPTION_PROMPTS.items() if text == system["content"]
+            )
+            answer = user["content"].split("Correct answer:\n")[1].split("\n\nReply with")[0]
+            out.append(Generated(answer + f" [{op}]", 3, "stop"))
+        return out
+
+
+def test_model_corruption_uses_the_appendix_a_prompts():
+    generator = MarkingGenerator()
+    corruptor = corrupt.Corruptor(
+        CorruptConfig(method="model", n_ops=2), "some-model", generators=lambda spec: generator
+    )
     text, ops = corruptor.corrupt(
         Example("qa", "1", question="q", answer="Water boils at 100 C."), None, random.Random(3)
     )
-    assert ops == prompts and len(set(ops)) == 2
+    assert [p[0][0]["content"] for p in generator.calls] == [
+        corrupt.CORRUPTION_PROMPTS[op] for op in ops
+    ]
     assert text == "Water boils at 100 C." + "".join(f" [{op}]" for op in ops)
-    assert set(corrupt.CORRUPTION_PROMPTS) == {"remove", "substitute", "insert"}
+    assert len(set(ops)) == 2 and set(corrupt.CORRUPTION_PROMPTS) == {
+        "remove",
+        "substitute",
+        "insert",
+    }
+
+
+def test_bulk_corruption_keeps_each_answers_ops_one_call_per_operation():
+    generator = MarkingGenerator()
+    rule = CorruptConfig(method="model", n_ops=2)
+    corruptor = corrupt.Corruptor(rule, "m", generators=lambda spec: generator)
+    examples = [Example("qa", str(i), question=f"q{i}", answer=f"Answer {i}.") for i in range(6)]
+    corruptor.prepare(examples, random.Random(0))
+    assert [len(call) for call in generator.calls] == [6, 6]
+    rng = random.Random(0)
+    drawn = [corruptor._plan(e.answer, rng).queue for e in examples]  # the same draws
+    for example, ops in zip(examples, drawn, strict=True):
+        text, applied = corruptor.corrupt(example, None, random.Random(1))
+        assert applied == ops and text == example.answer + "".join(f" [{op}]" for op in ops)
+    assert len(generator.calls) == 2  # corrupt() took what prepare() made
+
+
+def test_corruption_budget_follows_the_chosen_answer_up_to_the_cap():
+    assert corrupt.corruption_budget(10, 1024) == 84
+    assert corrupt.corruption_budget(900, 1024) == 1024
+    assert CorruptConfig().max_new_tokens == 1024 and CorruptConfig().over_budget == "drop"
 
 
 # --- mixing and splitting --------------------------------------------------------------
@@ -292,13 +337,22 @@ def _notes():
 
 
 def test_model_corruption_runs_a_real_generator(tiny_model_dir):
-    rule = CorruptConfig(method="model", max_new_tokens=6, temperature=1.0, ensure_wrong=False)
+    rule = CorruptConfig(
+        method="model", max_new_tokens=6, temperature=1.0, ensure_wrong=False, over_budget="keep"
+    )
     corruptor = corrupt.Corruptor(rule, str(tiny_model_dir))
     example = Example("qa", "1", question="What is 2 + 3?", answer="2 + 3 = 5.")
     text, ops = corruptor.corrupt(example, None, random.Random(0))
     assert len(ops) == 2 and text.strip() and text != example.answer
     assert corruptor.corrupt(example, None, random.Random(0)) == (text, ops)  # seeded
-    greedy = corrupt.Corruptor(CorruptConfig(method="model", max_new_tokens=6), str(tiny_model_dir))
-    greedy._model = corruptor._model  # the same weights, loaded once
+    weights = corruptor.generator()  # the same weights, loaded once
+    greedy = corrupt.Corruptor(
+        rule.model_copy(update={"temperature": 0.0}), "x", generators=lambda spec: weights
+    )
     with pytest.raises(Skip, match="corruption_failed"):  # a random model greedily writes blanks
         greedy.corrupt(example, None, random.Random(0))
+    dropping = corrupt.Corruptor(
+        rule.model_copy(update={"over_budget": "drop"}), "x", generators=lambda spec: weights
+    )
+    with pytest.raises(Skip, match="corruption_truncated"):  # it never ends within 6 tokens
+        dropping.corrupt(example, None, random.Random(0))

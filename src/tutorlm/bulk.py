@@ -180,7 +180,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="seq", leave=False, file=sys.stderr, disable=not enabled)
+    return tqdm(
+        total=total, desc=desc, unit="seq", leave=False, file=sys.stderr, disable=not enabled
+    )
 
 
 class TransformersGenerator:
@@ -482,7 +484,9 @@ def open_generator(
     from tutorlm.models import load_model
 
     device = resolve_device(device)
-    dtype = generation_dtype(device) if config.dtype == "auto" else device_dtype(config.dtype, device)
+    dtype = (
+        generation_dtype(device) if config.dtype == "auto" else device_dtype(config.dtype, device)
+    )
     loaded, tokenizer = load_model(model, dtype=dtype, device=device, online=online)
     _template(tokenizer, chat_template)
     return TransformersGenerator(loaded, tokenizer, batch_size=config.batch_size, progress=progress)

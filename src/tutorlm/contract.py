@@ -14,7 +14,8 @@ inputs change?" derives from it, so the answers cannot drift apart:
 
 Keys are dotted paths into the resolved recipe (``train.sft`` is the whole
 ``train.sft`` mapping). A setting that only changes how fast a result comes
-(``train.threads``, ``eval.batch_size``) is left out on purpose: changing it
+(``train.threads``, ``eval.batch_size``, every ``generation`` key but
+``generation.samples``: the engine and its batch) is left out on purpose: changing it
 re-runs nothing.
 
 Worked example: ``train.beta`` is read by ``dpo`` only, so a sweep over
@@ -189,7 +190,7 @@ CONTRACTS: dict[str, StageContract] = {
         ),
         StageContract(
             "samples",
-            reads=(*_BASE, "serve"),
+            reads=(*_BASE, "serve", "generation.samples"),
             after=("dpo", "data"),
             outputs=lambda layout: (layout.samples,),
             enabled=_dpo_on,

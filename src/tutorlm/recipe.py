@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tutorlm.bulk import GenerationConfig
 from tutorlm.data.config import DataConfig
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.config import EvalConfig
@@ -83,6 +84,10 @@ class Recipe(BaseModel):
     """Where every stage that runs a model runs it: ``auto`` (the GPU when there is
     one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``. Checked against this machine
     by ``tutorlm.hardware.resolve_device`` before a stage loads anything."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """How stages generate many answers at once (corruption, generation metrics, samples):
+    the engine (``transformers`` or ``vllm``), its batch and GPU settings, and the
+    samples' sampling (see ``tutorlm.bulk`` and ``docs/generation.md``)."""
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -181,6 +181,25 @@ class _Builder:
         self.stats: dict[str, SourceStats] = {}
         self._length_rules: dict[int, LengthRule] = {}
         self._tokenizer = None
+        self._generators: dict[str, object] = {}
+
+    def generator(self, spec: str):
+        """The bulk generator of a model spec, opened once for the whole build (every
+        source a model corrupts shares it) on the recipe's ``device``, with the engine
+        of its ``generation`` block; the recipe's own model gets its chat template."""
+        if spec not in self._generators:
+            from tutorlm.bulk import open_generator
+
+            template = self.recipe.chat_template if spec == self.recipe.model else None
+            self._generators[spec] = open_generator(
+                spec,
+                device=self.recipe.device,
+                config=self.recipe.generation,
+                chat_template=template,
+                seed=self.seed,
+                progress=self.progress.enabled and sys.stderr.isatty(),
+            )
+        return self._generators[spec]
 
     def length_rule(self, max_tokens: int) -> LengthRule:
         if self._tokenizer is None:
@@ -196,7 +215,7 @@ class _Builder:
         return self._length_rules[max_tokens]
 
     def _record_builder(self, output: Output, reader) -> RecordBuilder:
-        return RecordBuilder(
+        builder = RecordBuilder(
             reader.config,
             output.kind,
             seed=self.seed,
@@ -204,6 +223,9 @@ class _Builder:
             system_prompt=self.data.system_prompt,
             model=self.recipe.model,
         )
+        if builder.corruptor is not None:
+            builder.corruptor.generators = self.generator
+        return builder
 
     def _examples(self, output: Output, reader) -> list:
         """A source's examples; an error naming the rule that left none."""
@@ -251,7 +273,10 @@ class _Builder:
                     bar.close()
         else:
             examples = self._examples(output, reader)
-            rows = self._record_builder(output, reader).build(examples, stats)
+            builder = self._record_builder(output, reader)
+            if generates(reader.config, output.kind):  # every answer corrupted in bulk
+                builder.corruptor.prepare(examples, builder.rng)
+            rows = builder.build(examples, stats)
             if examples and not rows:
                 rule = stats.dropped.most_common(1)[0][0]
                 raise DataError(
@@ -269,30 +294,35 @@ class _Builder:
         ``count`` (or ``cap``) of its examples visits them in a seeded random order and
         stops once it has that many rows that pass every rule (records, length,
         duplicates), so the model corrupts as many answers as the build keeps (plus
-        the few a rule drops), never the whole dataset. The rows keep their original
-        order; the examples never visited are counted under ``count`` / ``cap``.
+        the few a rule drops), never the whole dataset. The answers are corrupted in
+        waves, in bulk: the first ``count`` examples of the order, then as many more as
+        rules dropped, and so on; each wave visits what one-at-a-time would have. The
+        rows keep their original order; the examples never visited are counted under
+        ``count`` / ``cap``.
         """
         source, stats = reader.config, self.stats[reader.name]
         examples = self._examples(output, reader)
         want = source.count if source.count is not None else min(source.cap, len(examples))
         builder = self._record_builder(output, reader)
         kept: list[tuple[int, Row]] = []
+        order = rng.sample(range(len(examples)), len(examples))
         visited = 0
-        for index in rng.sample(range(len(examples)), len(examples)):
-            if len(kept) == want:
-                break
-            visited += 1
-            for row in builder.build([examples[index]], stats):
-                fitted = self._fit(output, reader, row)
-                if fitted is None:
-                    continue
-                if seen is not None:
-                    key = dedup_key(fitted.record)
-                    if key in seen:
-                        stats.drop("duplicate")
+        while len(kept) < want and visited < len(order):
+            wave = order[visited : visited + want - len(kept)]  # what is still missing
+            visited += len(wave)
+            builder.corruptor.prepare([examples[i] for i in wave], builder.rng)
+            for index in wave:
+                for row in builder.build([examples[index]], stats):
+                    fitted = self._fit(output, reader, row)
+                    if fitted is None:
                         continue
-                    seen.add(key)
-                kept.append((index, fitted))
+                    if seen is not None:
+                        key = dedup_key(fitted.record)
+                        if key in seen:
+                            stats.drop("duplicate")
+                            continue
+                        seen.add(key)
+                    kept.append((index, fitted))
         if source.count is not None and len(kept) < source.count:
             raise DataError(
                 f"source '{reader.name}': count {source.count} asked but only "

@@ -82,8 +82,16 @@ class CorruptConfig(_Strict):
     """How many distinct operations to apply to each answer, drawn at random (2)."""
     generator: str | None = None
     """Model spec of the generator for ``method: model``; the recipe's model if unset."""
-    max_new_tokens: int = Field(default=256, ge=1)
-    """Generation budget per operation (``method: model``)."""
+    max_new_tokens: int = Field(default=1024, ge=1)
+    """Most tokens a generated rejected answer may have (``method: model``; ProbLLMs'
+    appendix C: Max_generation_length 1024). Each answer's budget is the smaller of
+    this and twice its chosen answer's tokens plus 64
+    (``tutorlm.data.rules.corrupt.corruption_budget``)."""
+    over_budget: Literal["drop", "keep"] = "drop"
+    """A generation that runs out of its budget before it ends: ``drop`` the example
+    (counted as ``corruption_truncated``), or ``keep`` the cut answer (smoke runs only:
+    a random stand-in model never ends an answer). Kept cut answers make length a
+    give-away: the chosen answer never is cut."""
     temperature: float = Field(default=0.0, ge=0.0)
     """0 for greedy generation; above 0, sampling seeded from the build's seed."""
     ensure_wrong: bool = True
