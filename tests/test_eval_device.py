@@ -133,6 +133,7 @@ def test_the_reward_reference_loads_on_the_policy_device(monkeypatch, loads, smo
 def test_the_float32_recheck_model_loads_on_the_scorer_device(monkeypatch, loads):
     scorer = Scorer(FakeLM(8), TOKENIZER, dtype=torch.bfloat16)
     monkeypatch.setattr(Scorer, "device", property(lambda self: "cuda:0"))
+    _gpus(monkeypatch, 1)
     recheck = float32_rechecker("some-model", scorer)
     recheck()
     recheck()

@@ -92,6 +92,43 @@ def resolve_device(setting: str = "auto") -> str:
     return text
 
 
+def launched_processes() -> tuple[int, int, int]:
+    """``(count, index, local index)`` of this process among those a launcher started.
+
+    ``accelerate launch`` and ``torchrun`` set ``WORLD_SIZE``, ``RANK`` and
+    ``LOCAL_RANK`` in every process they start; a process started alone is
+    ``(1, 0, 0)``.
+    """
+    count = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    index = int(os.environ.get("RANK", "0") or 0)
+    local = int(os.environ.get("LOCAL_RANK", str(index)) or 0)
+    return max(1, count), index, local
+
+
+def process_device(setting: str = "auto") -> str:
+    """:func:`resolve_device` for one of several processes scoring side by side.
+
+    Alone, a process gets :func:`resolve_device`'s answer. One of several launched
+    processes takes the GPU of its local rank (``cuda:LOCAL_RANK``) where the
+    setting is ``auto`` or ``cuda``, or the CPU where it resolves to ``cpu``, so
+    that eight processes on eight GPUs do not all load onto ``cuda:0``.
+
+    Raises:
+        HardwareError: what :func:`resolve_device` raises; ``cuda:N`` under several
+            processes (each would take the same GPU); a local rank past the GPUs.
+    """
+    device = resolve_device(setting)
+    count, _, local = launched_processes()
+    if count == 1 or device == "cpu":
+        return device
+    if ":" in str(setting):
+        raise HardwareError(
+            f"device {setting!r} names one GPU, but {count} processes were launched and "
+            "each takes the GPU of its local rank; use device: auto or cuda"
+        )
+    return resolve_device(f"cuda:{local}")
+
+
 def bf16_is_fast() -> bool:
     """bf16 pays here: a CUDA GPU that supports it, or a CPU with bf16 instructions."""
     import torch

@@ -226,6 +226,8 @@ def load_causal_lm(
     dtype=None,
     online: bool | None = None,
     device: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
     **options,
 ):
     """The causal LM of a spec in eval mode, from safetensors only, no folder code run.
@@ -236,14 +238,27 @@ def load_causal_lm(
         online: allow hub downloads (default: ``TUTORLM_ONLINE``).
         device: move the model there (a resolved device, see
             ``tutorlm.hardware.resolve_device``); None leaves it on the CPU.
+        device_map: spread the model over several devices instead, with accelerate's
+            big-model dispatch: ``"auto"`` fills the GPUs in order, then CPU memory,
+            then leaves the rest on disk (read from the safetensors files at each
+            forward pass); a dict maps module names to devices. Not with ``device``.
+        max_memory: with ``device_map``, the most each device may hold
+            (``{0: "20GiB", "cpu": "60GiB"}``); default all that is free.
         options: more ``from_pretrained`` arguments (``quantization_config``, ...).
 
     Raises:
         UnsafeModelError: no safetensors weights, or a folder that needs its own code.
+        ValueError: both ``device`` and ``device_map``, or ``max_memory`` alone.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    if device_map is not None and device is not None:
+        raise ValueError("give device or device_map, not both")
+    if max_memory is not None and device_map is None:
+        raise ValueError("max_memory needs a device_map")
+    if device_map is not None:
+        options = {**options, "device_map": device_map, "max_memory": max_memory}
     path = resolve_model(spec, online=online)
     require_safetensors(path)
     model = _without_remote_code(
@@ -260,11 +275,14 @@ def load_model(
     dtype=None,
     online: bool | None = None,
     device: str | None = None,
+    **placement,
 ):
     """``(model, tokenizer)`` of a spec: :func:`load_causal_lm` (same arguments, same
-    errors) and the tokenizer beside it."""
+    errors; ``placement``: its ``device_map`` and ``max_memory``) and the tokenizer
+    beside it."""
     path = resolve_model(spec, online=online)
-    return load_causal_lm(path, dtype=dtype, device=device), load_tokenizer(path)
+    model = load_causal_lm(path, dtype=dtype, device=device, **placement)
+    return model, load_tokenizer(path)
 
 
 def describe_model(spec: str | os.PathLike, *, online: bool | None = None) -> dict:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
+from tutorlm.evaluate.parallel import ALONE, Processes
 
 
 class BatchMemoryError(TutorlmError, RuntimeError):
@@ -88,13 +89,17 @@ class Batcher:
 
     Rows are left-padded with explicit position ids (a padded row computes what it
     would alone), logits are computed only at the positions read, and continuations
-    that share a context run on one KV cache of it.
+    that share a context run on one KV cache of it. Under several ``processes`` each
+    runs the batches dealt to it (``Processes.deal``); they are cut at ``batch_size``
+    as given here, the same on every process even after one of them halved its own.
     """
 
-    def __init__(self, model, *, pad_token_id: int, batch_size: int):
+    def __init__(self, model, *, pad_token_id: int, batch_size: int, processes: Processes = ALONE):
         self.model = model
         self.pad_token_id = pad_token_id
         self.batch_size = batch_size
+        self.deal_size = batch_size
+        self.processes = processes
         forward = model.forward
         self.keeps_logits = accepts(forward, "logits_to_keep")
         self.takes_positions = accepts(forward, "position_ids")
@@ -103,8 +108,17 @@ class Batcher:
 
     @property
     def device(self):
-        """Where inputs must go: the device of the model's weights."""
-        return next(self.model.parameters()).device
+        """Where inputs must go: the device of the model's input embedding (see
+        :func:`input_device`)."""
+        return input_device(self.model)
+
+    def deal(self, items: list) -> list:
+        """The items of a pass this process runs (all of them when it runs alone)."""
+        return self.processes.deal(items, self.deal_size)
+
+    def dealt(self, total: int) -> int:
+        """How many of a pass's ``total`` inputs this process runs."""
+        return self.processes.dealt(total, self.deal_size)
 
     def pad(self, rows: list[list[int]], *, left: bool = True):
         """Pad rows into ``(B, T)`` ids and an attention mask on the model's device
@@ -118,7 +132,8 @@ class Batcher:
             span = slice(width - len(row), width) if left else slice(0, len(row))
             ids[r, span] = torch.tensor(row, dtype=torch.long)
             mask[r, span] = 1
-        return ids.to(self.device), mask.to(self.device)
+        device = self.device
+        return ids.to(device), mask.to(device)
 
     def batches(self, items: list, forward: Callable):
         """``(batch, forward(batch))`` over consecutive batches of ``items``, halving the
@@ -168,7 +183,7 @@ class Batcher:
             keep = max(job.keep for job in batch)
             return keep, self._forward([job.input_ids for job in batch], keep)
 
-        jobs = sorted(jobs, key=lambda job: -len(job.input_ids))
+        jobs = self.deal(sorted(jobs, key=lambda job: -len(job.input_ids)))
         with torch.inference_mode():
             for batch, (keep, (logits, hidden, _, _)) in self.batches(jobs, forward):
                 for row, job in enumerate(batch):
@@ -219,9 +234,10 @@ class Batcher:
                 [group.context for group in batch], 1, use_cache=True
             )
             rows = [(b, read, tokens) for b, g in enumerate(batch) for read, tokens in g.items]
-            owners = torch.tensor([b for b, _, _ in rows], device=mask.device)
+            owners = torch.tensor([b for b, _, _ in rows])
             cache = context_out.past_key_values
-            cache.batch_select_indices(owners)
+            cache.batch_select_indices(owners)  # CPU indices: a dispatched cache spans devices
+            owners = owners.to(mask.device)
             ids, tail_mask = self.pad([tokens[:-1] for _, _, tokens in rows], left=False)
             width = ids.shape[1]
             starts = mask.sum(-1)[owners][:, None]
@@ -236,7 +252,7 @@ class Batcher:
             )
             return rows, first_logits, first_hidden, output, hidden
 
-        groups = sorted(groups, key=lambda group: -len(group.context))
+        groups = self.deal(sorted(groups, key=lambda group: -len(group.context)))
         with torch.inference_mode():
             for batch, outputs in self.batches(groups, forward):
                 rows, first_logits, first_hidden, output, hidden = outputs
@@ -261,11 +277,38 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError | MemoryError) and "out of memory" in str(error).lower()
 
 
+def input_device(model):
+    """The device a model's inputs go to: its input embedding's.
+
+    A model spread over devices by accelerate (``device_map``) keeps a module that
+    was offloaded to the CPU or disk on the ``meta`` device between passes and runs
+    it on the first GPU of its map (its "main device", the CPU where it has none):
+    inputs go there. A model on one device takes them where its weights are.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embedding, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        gpus = [d for d in device_map.values() if d not in ("cpu", "disk", "meta")]
+        if not gpus:
+            return torch.device("cpu")
+        return torch.device(f"cuda:{gpus[0]}" if isinstance(gpus[0], int) else gpus[0])
+    return next(model.parameters()).device
+
+
 def _float_head(model):
-    """The output layer when its logits need recomputing in float32, else None."""
+    """The output layer when its logits need recomputing in float32, else None.
+
+    None too where the layer is offloaded (its weights are on ``meta`` between
+    passes): its logits are then read as the model computed them.
+    """
     import torch
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or head.weight.dtype == torch.float32:
         return None
-    return head
+    return None if head.weight.device.type == "meta" else head

@@ -8,6 +8,9 @@ tutorlm eval compare runs/demo/eval/m0 runs/demo/eval/m1 ... [--out FILE.md]
     results side by side: models in rows, metrics in columns
 tutorlm eval rag [RECIPE] --index runs/demo/rag/index [--model SPEC] [--mcqa FILE]
     MCQA with and without notes from the index's sources, for each k and chunk size
+
+On several GPUs: `accelerate launch --multi_gpu --num_processes N -m tutorlm eval ...`
+(each process scores a share, one writes); one model larger than a GPU: --device-map auto.
 """
 
 from __future__ import annotations
@@ -70,10 +73,15 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _report(results: dict) -> int:
-    where = Path(results["out_dir"])
-    print(f"results: {where / 'results.json'}  table: {where / 'results.md'}")
-    for reason in results["skipped"].values():
-        print(f"not run: {reason}", file=sys.stderr)
+    """Where the results are (printed by the main process only, under ``accelerate
+    launch``); the exit status, the same on every process."""
+    from tutorlm.hardware import launched_processes
+
+    if launched_processes()[1] == 0:
+        where = Path(results["out_dir"])
+        print(f"results: {where / 'results.json'}  table: {where / 'results.md'}")
+        for reason in results["skipped"].values():
+            print(f"not run: {reason}", file=sys.stderr)
     return 1 if results["skipped"] else 0
 
 

@@ -39,6 +39,13 @@ class EvalConfig(BaseModel):
     and ``<kind>:<eval set>`` for a ``data.eval_sets`` file (see ``EVAL_SET_KINDS``)."""
     batch_size: int = Field(default=8, ge=1)
     """Inputs per forward pass."""
+    device_map: Literal["auto"] | None = None
+    """``auto``: spread one model too large for a GPU over every visible GPU (then CPU
+    memory, then disk) with accelerate's big-model dispatch, in one process; None: the
+    whole model on ``device`` (under ``accelerate launch``, one copy per process)."""
+    max_memory: dict[int | str, int | str] | None = None
+    """With ``device_map``, the most each device may hold, e.g. ``0=70GiB,1=70GiB,cpu=200GiB``
+    (GPU index, ``cpu`` or ``disk``); None: all that is free."""
     threads: int | Literal["auto"] = "auto"
     """torch threads on CPU; ``auto``: the free cores (fewer under load, where OpenMP
     threads sharing a core spin at every barrier), or ``OMP_NUM_THREADS``."""
@@ -83,6 +90,28 @@ class EvalConfig(BaseModel):
     """Generate answers for only the first N items (generating is the slowest task)."""
     choice_file: str | None = None
     """JSONL of ``{context, endings, label}`` items for the ``choice`` task."""
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory_per_device(cls, value):
+        """``0=70GiB,cpu=200GiB`` (a flag) or a mapping; GPU indices become ints, as
+        accelerate wants them."""
+        if isinstance(value, str):
+            pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+            if any(not sep or not size.strip() for _, sep, size in pairs):
+                raise ValueError(
+                    f"expected DEVICE=SIZE,... (e.g. 0=70GiB,cpu=200GiB); got {value!r}"
+                )
+            value = {key.strip(): size.strip() for key, _, size in pairs}
+        if not isinstance(value, dict):
+            return value
+        memory = {}
+        for key, size in value.items():
+            text = str(key).strip().lower()
+            if not (text.isdigit() or text in ("cpu", "disk")):
+                raise ValueError(f"device {key!r} is not a GPU index, cpu or disk")
+            memory[int(text) if text.isdigit() else text] = size
+        return memory
 
     @field_validator("tasks")
     @classmethod

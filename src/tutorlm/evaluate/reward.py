@@ -142,7 +142,8 @@ def reward_accuracy(
         pairs: ``PreferenceRecord``s (prompt, chosen, rejected, source, meta).
         beta: the DPO beta the rewards are scaled by.
         device: where a policy given as a spec loads (``resolve_device``); a
-            reference given as a spec always loads on the policy's device.
+            reference given as a spec always loads as the policy did: on its device
+            (or with its device map), scoring with its processes (``Scorer.sibling``).
     """
     if not pairs:
         raise ScorerError("reward accuracy needs at least one preference pair")
@@ -163,8 +164,12 @@ def reward_accuracy(
             )
         with disable():
             reference_lp = _logprobs(policy_scorer, requests, "reward reference")
+    elif isinstance(reference, str) or hasattr(reference, "__fspath__"):
+        reference_scorer = policy_scorer.sibling(reference, dtype=dtype)
+        reference_lp = _logprobs(reference_scorer, requests, "reward reference")
     else:
-        reference_scorer = _as_scorer(reference, tokenizer, device=policy_scorer.device, **options)
+        options["processes"] = policy_scorer.processes
+        reference_scorer = _as_scorer(reference, tokenizer, **options)
         reference_lp = _logprobs(reference_scorer, requests, "reward reference")
     rows = []
     for index, pair in enumerate(pairs):

@@ -16,23 +16,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tutorlm.evaluate.config import EVAL_SET_TASK, TASKS, EvalConfig
+from tutorlm.evaluate.tasks import TaskSpec, float32_rechecker, run_task
+from tutorlm.hardware import process_device, resolve_device
 
 MCQA_KINDS = {"mmlu_stem": "mcqa", "mcqa_test": "mcqa", "mcqa": "mcqa"}
-
-
-@dataclass
-class TaskSpec:
-    """One task to run: its name in results, its kind, and its input files."""
-
-    name: str
-    kind: str  # mcqa | perplexity | reward | generation | choice
-    paths: list[Path] = field(default_factory=list)
-    hint: str = ""  # how to build a missing file
 
 
 GENERIC_DIR_NAMES = {"merged", "final", "model", "adapter", "best", "last"}
@@ -140,156 +131,6 @@ def _missing(spec: TaskSpec) -> str | None:
     return None
 
 
-def _limit(items: list, settings: EvalConfig) -> list:
-    return items[: settings.max_questions] if settings.max_questions else items
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    from tutorlm.data.formats import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def _choice_items(spec: TaskSpec, path: Path) -> list:
-    """Choice items of a ``choice`` task: ``{context, endings, label}`` rows of
-    ``choice_file``, or the MCQA records of an eval set (question, choices, answer)."""
-    from tutorlm.evaluate.choice import ChoiceItem, read_choice_items
-
-    if ":" not in spec.name:
-        return read_choice_items(path)
-    from tutorlm.data.formats import read_records
-
-    records = read_records(path, "mcqa").records
-    return [ChoiceItem(r.id, r.question, list(r.choices), r.answer) for r in records]
-
-
-def float32_rechecker(model_spec, scorer):
-    """A function that loads ``model_spec`` in float32 once, on first call, for rechecks,
-    on the scorer's device.
-
-    Returns None when the scorer already runs in float32.
-    """
-    import torch
-
-    if scorer.dtype == torch.float32:
-        return None
-    cache: dict = {}
-
-    def make():
-        if "scorer" not in cache:
-            from tutorlm.evaluate.scorer import Scorer
-            from tutorlm.models import load_model
-
-            model, _ = load_model(model_spec, dtype=torch.float32, device=scorer.device)
-            cache["scorer"] = Scorer(
-                model, scorer.tokenizer, batch_size=scorer.batch_size, progress=scorer.progress
-            )
-        return cache["scorer"]
-
-    return make
-
-
-def run_task(
-    spec: TaskSpec,
-    scorer,
-    settings: EvalConfig,
-    *,
-    seed: int,
-    reference,
-    out_dir: Path,
-    predictions_name: str,
-    recheck=None,
-):
-    """Run one task with the ``eval`` settings; returns its results dict and a one-line
-    summary. Per-item outputs (predictions, pairs, generations) go to ``out_dir``.
-    The evaluate stage and the quantize comparison's rows both score through here."""
-    from tutorlm.data.formats import read_records
-
-    path = spec.paths[0] if spec.paths else None
-    if spec.kind == "mcqa":
-        from tutorlm.evaluate.mcqa import evaluate_mcqa
-
-        records = _limit(read_records(path, "mcqa").records, settings)
-        result = evaluate_mcqa(
-            scorer,
-            records,
-            method=settings.mcqa_method,
-            shots=settings.shots,
-            chat=settings.chat,
-            seed=seed,
-            resamples=settings.bootstrap_resamples,
-            recheck=recheck if settings.recheck_margin > 0 else None,
-            recheck_margin=settings.recheck_margin,
-        )
-        _write_jsonl(out_dir / predictions_name, [p.to_dict() for p in result.predictions])
-        line = f"accuracy {result.accuracy}"
-        if result.accuracy_norm:
-            line += f"  acc_norm {result.accuracy_norm}"
-        line += f"  n={result.n}  {result.prompt_format}  ({result.questions_per_second:.1f} questions/s"
-        rechecked = result.extra.get("rechecked", 0)
-        line += f"; {rechecked} close calls re-scored in float32)" if rechecked else ")"
-        return result.to_dict(), line
-    if spec.kind == "perplexity":
-        from tutorlm.evaluate.perplexity import perplexity, read_text_files
-
-        result = perplexity(
-            scorer,
-            read_text_files(spec.paths),
-            window=settings.perplexity_window,
-            stride=settings.perplexity_stride,
-        )
-        return result.to_dict(), f"perplexity {result}"
-    if spec.kind == "reward":
-        from tutorlm.evaluate.reward import reward_accuracy
-
-        pairs = _limit(read_records(path, "preference").records, settings)
-        dtype = settings.dtype if settings.reward_dtype == "auto" else settings.reward_dtype
-        policy = scorer
-        if dtype == "float32" and recheck is not None:
-            policy = recheck()  # the model again, in float32 (loaded once, shared with MCQA)
-        result = reward_accuracy(
-            policy,
-            reference,
-            pairs=pairs,
-            beta=settings.reward_beta,
-            batch_size=settings.batch_size,
-            dtype=dtype,
-            seed=seed,
-            resamples=settings.bootstrap_resamples,
-        )
-        _write_jsonl(out_dir / f"pairs.{spec.name}.jsonl", result.pairs)
-        line = f"reward accuracy {result.accuracy}  ties {result.tie_rate:.3f}  margin {result.mean_margin:.4f}"
-        if result.warning:
-            line += f"\n  warning: {result.warning}"
-        return result.to_dict(), line
-    if spec.kind == "generation":
-        from tutorlm.evaluate.generation_metrics import evaluate_generation
-
-        records = _limit(read_records(path, "sft").records, settings)
-        records = records[: settings.generation_limit] if settings.generation_limit else records
-        result = evaluate_generation(
-            scorer, records, max_new_tokens=settings.generation_max_new_tokens
-        )
-        _write_jsonl(out_dir / f"generations.{spec.name}.jsonl", result.samples)
-        em = "" if result.exact_match is None else f"  exact match {result.exact_match:.3f}"
-        line = (
-            f"BLEU-4 {result.bleu:.2f}  ROUGE-1 {result.rouge1:.4f}  ROUGE-2 {result.rouge2:.4f}  "
-            f"ROUGE-L {result.rougeL:.4f}{em}  n={result.n}"
-        )
-        return result.to_dict(), line
-    if spec.kind == "choice":
-        from tutorlm.evaluate.choice import choice_completion
-
-        items = _limit(_choice_items(spec, path), settings)
-        result = choice_completion(scorer, items, seed=seed, resamples=settings.bootstrap_resamples)
-        _write_jsonl(out_dir / f"predictions.{spec.name}.jsonl", result.predictions)
-        return (
-            result.to_dict(),
-            f"acc {result.accuracy}  acc_norm {result.accuracy_norm}  n={result.accuracy.n}",
-        )
-    raise ValueError(f"unknown task kind {spec.kind!r}")
-
-
 def run_tasks(
     model_spec,
     specs: Sequence[TaskSpec],
@@ -320,15 +161,24 @@ def run_tasks(
         meta: extra fields for ``results.json`` (recipe name and hash).
         chat_template: the recipe's ``chat_template`` (None keeps the model's own).
         device: where ``model_spec`` loads (the recipe's ``device``, see
-            ``tutorlm.hardware.resolve_device``); checked before anything runs.
+            ``tutorlm.hardware.process_device``); checked before anything runs.
+
+    Launched as several processes (``accelerate launch``, ``torchrun``), each loads
+    the model on its own device and scores its share of every pass
+    (``tutorlm.evaluate.parallel``); every process returns the same results, and
+    only the main one writes files and echoes.
     """
     from tutorlm.evaluate.scorer import Scorer
     from tutorlm.evaluate.tables import results_markdown
 
     if scorer is None:
-        from tutorlm.hardware import resolve_device
-
-        device = resolve_device(device)
+        if not settings.device_map:
+            device = process_device(device)
+        processes = _join(device, settings)
+    else:
+        processes = scorer.processes
+    if not processes.is_main:
+        echo, progress = (lambda line: None), False
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -338,6 +188,7 @@ def run_tasks(
         "settings": settings.model_dump(mode="json"),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "out_dir": str(out_dir),
+        "processes": processes.count,
         "tasks": {},
         "skipped": {},
     }
@@ -358,8 +209,11 @@ def run_tasks(
             model_spec,
             dtype=settings.dtype,
             device=device,
+            device_map=settings.device_map,
+            max_memory=settings.max_memory,
             batch_size=settings.batch_size,
             progress=progress,
+            processes=processes,
         )
     if scorer is not None and chat_template is not None:
         from tutorlm.templates import apply_template
@@ -367,6 +221,8 @@ def run_tasks(
         apply_template(scorer.tokenizer, chat_template)
     if scorer is not None:
         results["device"] = scorer.device
+        if getattr(scorer.model, "hf_device_map", None):
+            results["device_map"] = {k: str(v) for k, v in scorer.model.hf_device_map.items()}
         results["dtype"] = str(scorer.dtype).removeprefix("torch.")
         results["batch_size"] = scorer.batch_size
     recheck = float32_rechecker(model_spec, scorer) if scorer is not None else None
@@ -387,16 +243,36 @@ def run_tasks(
             out_dir=out_dir,
             predictions_name=name,
             recheck=recheck,
+            write=processes.is_main,
         )
         entry["file"] = ", ".join(str(p) for p in spec.paths)
         entry["wall_seconds"] = round(time.perf_counter() - started, 2)
         results["tasks"][spec.name] = entry
         echo(f"{spec.name:<18} {line}")
-    if scorer is not None:
-        results["batch_size"] = scorer.batch_size  # halved where a pass ran out of memory
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "results.md").write_text(results_markdown(results))
+    if scorer is not None:  # halved where a pass ran out of memory, on any process
+        results["batch_size"] = min(processes.gather(scorer.batch_size))
+    if processes.is_main:
+        text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
+        (out_dir / "results.json").write_text(text)
+        (out_dir / "results.md").write_text(results_markdown(results))
+    processes.wait()  # the files are there when any process goes on to read them
     return results
+
+
+def _join(device: str, settings: EvalConfig):
+    """The processes scoring together (``tutorlm.evaluate.parallel``), after checking the
+    device and that a model spread over devices runs in one process."""
+    from tutorlm.evaluate.parallel import ParallelError, join_processes
+    from tutorlm.hardware import launched_processes
+
+    count = launched_processes()[0]
+    if settings.device_map and count > 1:
+        raise ParallelError(
+            f"eval.device_map {settings.device_map!r} spreads one model over every GPU, so it "
+            f"runs in one process, but {count} were launched; run it without "
+            "`accelerate launch`, or leave device_map out to score on each GPU in parallel"
+        )
+    return join_processes(resolve_device(device))
 
 
 def run_eval(

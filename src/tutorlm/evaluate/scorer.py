@@ -28,7 +28,10 @@ Where it is faster than a straightforward implementation:
 - *length bucketing*: inputs are sorted by length and batched with their
   neighbours, so little compute goes to padding;
 - *left padding with explicit position ids*, so that a padded row computes exactly
-  what it would alone (tests check batch 1 vs 8 and padded vs unpadded).
+  what it would alone (tests check batch 1 vs 8 and padded vs unpadded);
+- *several processes* (``accelerate launch``, ``torchrun``): each runs the batches
+  dealt to it and the results are gathered in request order, identical to one
+  process's (``tutorlm.evaluate.parallel``).
 
 Precision: in bf16 a logit near 20 is rounded to a multiple of 0.125, so the four
 letters of an MCQA question often tie exactly and the tie goes to "A". The logits of
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.batches import Batcher, Group, Job, NextTokens
+from tutorlm.evaluate.parallel import ALONE, Processes
 from tutorlm.hardware import DTYPES, device_dtype, resolve_device, resolve_dtype
 
 __all__ = [
@@ -95,6 +99,8 @@ class Scorer:
             name from ``tutorlm.hardware.DTYPES`` (``auto``: bf16 where it is fast), or None to keep it as it is.
         max_length: longest input; default the model's ``max_position_embeddings``.
         progress: show a progress bar with items per second.
+        processes: the processes that score together, each its share of every
+            pass (``tutorlm.evaluate.parallel``); default this one alone.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class Scorer:
         dtype=None,
         max_length: int | None = None,
         progress: bool = False,
+        processes: Processes = ALONE,
     ):
         if batch_size < 1:
             raise ScorerError(f"batch_size must be >= 1, got {batch_size}")
@@ -121,28 +128,72 @@ class Scorer:
         self.pad_token_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         bos = tokenizer.bos_token_id
         self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
-        self.batcher = Batcher(self.model, pad_token_id=self.pad_token_id, batch_size=batch_size)
+        self.processes = processes
+        self.batcher = Batcher(
+            self.model, pad_token_id=self.pad_token_id, batch_size=batch_size, processes=processes
+        )
+        self.loaded_with: dict | None = None  # from_spec's device map, to load siblings alike
 
     @classmethod
     def from_spec(
-        cls, spec, *, dtype="auto", device: str = "auto", online: bool | None = None, **kwargs
+        cls,
+        spec,
+        *,
+        dtype="auto",
+        device: str = "auto",
+        online: bool | None = None,
+        device_map: str | None = None,
+        max_memory: dict | None = None,
+        **kwargs,
     ) -> Scorer:
         """Load a model spec (bundled name, directory, hub id) onto ``device`` and wrap it.
 
         ``device`` is a setting for ``tutorlm.hardware.resolve_device`` (checked before
         the weights load); ``dtype`` ``auto`` follows that device (``device_dtype``).
+        ``device_map="auto"`` spreads a model too large for one GPU over every GPU
+        (then CPU memory, then disk; ``max_memory`` caps each) with accelerate's
+        big-model dispatch instead; ``device`` must then be ``auto`` or ``cuda``.
         """
         from tutorlm.models import load_model
 
-        device = resolve_device(device)
-        dtype = device_dtype(dtype, device)
-        model, tokenizer = load_model(spec, dtype=dtype, online=online, device=device)
-        return cls(model, tokenizer, **kwargs)
+        if device_map is None:
+            device = resolve_device(device)
+            dtype = device_dtype(dtype, device)
+            model, tokenizer = load_model(spec, dtype=dtype, online=online, device=device)
+            return cls(model, tokenizer, **kwargs)
+        if str(device) not in ("auto", "cuda"):
+            raise ScorerError(
+                f"device_map {device_map!r} places the model on every GPU itself; it cannot "
+                f"be combined with device {device!r} (use device: auto)"
+            )
+        dtype = device_dtype(dtype, resolve_device(device))
+        placement = {"device_map": device_map, "max_memory": max_memory}
+        model, tokenizer = load_model(spec, dtype=dtype, online=online, **placement)
+        scorer = cls(model, tokenizer, **kwargs)
+        scorer.loaded_with = placement
+        return scorer
+
+    def sibling(self, spec, *, dtype) -> Scorer:
+        """Another model (the float32 re-check, the reward's reference) loaded as this one
+        was: on its device or with its device map, with its processes and progress
+        bars, starting at the batch size this one got down to."""
+        placement = self.loaded_with or {"device": self.device}
+        other = Scorer.from_spec(
+            spec,
+            dtype=dtype,
+            batch_size=self.batcher.deal_size,  # batches are dealt at the size asked for
+            progress=self.progress,
+            processes=self.processes,
+            **placement,
+        )
+        other.batcher.batch_size = self.batch_size
+        return other
 
     @property
     def device(self) -> str:
-        """The device of the model's weights (``cpu``, ``cuda:0``)."""
-        return str(next(self.model.parameters()).device)
+        """Where the model takes its inputs (``cpu``, ``cuda:0``): the device of its
+        weights, or of its input embedding where it is spread over several."""
+        return str(self.batcher.device)
 
     @property
     def batch_size(self) -> int:
@@ -246,10 +297,11 @@ class Scorer:
                 )
         for context, readers in shared.items():
             jobs.append(Job(list(context), 1, self._read_next(results, readers)))
-        with self._bar(len(jobs) + len(groups), desc, unit) as bar:
+        own = self.batcher.dealt(len(jobs)) + self.batcher.dealt(len(groups))
+        with self._bar(own, desc, unit) as bar:
             self.batcher.run(jobs, bar)
             self.batcher.run_groups(groups, bar)
-        return results  # type: ignore[return-value]
+        return self.processes.fill(results)  # type: ignore[return-value]
 
     @staticmethod
     def _read_span(results, index: int, tokens: list[int]) -> Callable:
@@ -295,28 +347,30 @@ class Scorer:
         stride = stride or window
         if not 1 <= stride <= window:
             raise ScorerError(f"stride must be between 1 and window ({window}), got {stride}")
-        totals = [0.0] * len(texts)
         counts = [0] * len(texts)
-        jobs = []
+        windows = []  # (text index, tokens fed, new, tokens scored)
         for index, text in enumerate(texts):
             tokens = [self.prefix_token_id, *self.encode(text)]
             counts[index] = len(tokens) - 1
             for start, end, new in _rolling_windows(len(tokens) - 1, window, stride):
-                jobs.append(
-                    Job(
-                        tokens[start:end],
-                        new,
-                        self._read_sum(totals, index, tokens[end - new + 1 : end + 1]),
-                    )
-                )
-        with self._bar(len(jobs), desc, "win") as bar:
+                windows.append((index, tokens[start:end], new, tokens[end - new + 1 : end + 1]))
+        windows.sort(key=lambda w: -len(w[1]))  # the batcher's order: texts sum in it
+        sums: list[float | None] = [None] * len(windows)
+        jobs = [
+            Job(fed, new, self._read_sum(sums, number, targets))
+            for number, (_, fed, new, targets) in enumerate(windows)
+        ]
+        with self._bar(self.batcher.dealt(len(jobs)), desc, "win") as bar:
             self.batcher.run(jobs, bar)
+        totals = [0.0] * len(texts)
+        for (index, *_), window_sum in zip(windows, self.processes.fill(sums), strict=True):
+            totals[index] += window_sum
         return [RollingResult(total, count) for total, count in zip(totals, counts, strict=True)]
 
     @staticmethod
-    def _read_sum(totals: list[float], index: int, targets: list[int]) -> Callable:
+    def _read_sum(sums: list, number: int, targets: list[int]) -> Callable:
         def read(scores: NextTokens) -> None:
-            totals[index] += float(scores.pick(range(len(scores)), targets).sum())
+            sums[number] = float(scores.pick(range(len(scores)), targets).sum())
 
         return read
 
@@ -342,8 +396,8 @@ class Scorer:
         encoded = [
             self.encode(prompt)[-self.max_length :] or [self.prefix_token_id] for prompt in prompts
         ]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        outputs = [""] * len(prompts)
+        order = self.batcher.deal(sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))
+        outputs: list[str | None] = [None] * len(prompts)
         kwargs = generation_kwargs(self.tokenizer, max_new_tokens, 0.0)
 
         def forward(batch: list[int]):
@@ -351,13 +405,13 @@ class Scorer:
             generated = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
             return generated[:, input_ids.shape[1] :]  # (B, new tokens)
 
-        with self._bar(len(prompts), desc, "seq") as bar, torch.inference_mode():
+        with self._bar(len(order), desc, "seq") as bar, torch.inference_mode():
             for batch, generated in self.batcher.batches(order, forward):
                 for row, index in enumerate(batch):
                     text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
                     outputs[index] = _cut_at_stop(text, stop)
                 bar.update(len(batch))
-        return outputs
+        return self.processes.fill(outputs)  # type: ignore[return-value]
 
     # -- batching ------------------------------------------------------------------------
 
