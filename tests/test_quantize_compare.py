@@ -150,6 +150,10 @@ def test_recipe_rejects_unknown_methods_and_tasks():
         recipe_from_dict({"name": "x", "quantize": {"methods": ["int3"]}})
     with pytest.raises(RecipeError, match=r"unknown task\(s\) \['hellaswag'\]"):
         recipe_from_dict({"name": "x", "quantize": {"tasks": ["hellaswag"]}})
+    with pytest.raises(RecipeError, match=r"\['generation:gsm8k'\]: generation tasks are not run"):
+        recipe_from_dict({"name": "x", "quantize": {"tasks": ["mcqa:arc", "generation:gsm8k"]}})
+    named = ["mcqa:arc", "choice:hellaswag", "reward:epfl_test", "reward", "perplexity_notes"]
+    assert recipe_from_dict({"name": "x", "quantize": {"tasks": named}}).quantize.tasks == named
     with pytest.raises(RecipeError, match="did you mean 'quantize.methods'"):
         recipe_from_dict({"name": "x", "quantize": {"method": ["int8-packed"]}})
 
@@ -284,3 +288,118 @@ def test_a_cpu_only_method_on_cuda_is_refused_with_the_alternatives(gpu_machine)
         check_available("int4-packed", "cuda")
     assert check_available("int4-packed", "cpu").bits == 4
     assert check_available("int8-weight", "cuda").backend == "torchao"
+
+
+def _trained_run(tmp_path, smollm_tokenizer_dir, tiny_model_dir, inputs, **quantize):
+    """A run with M0 (the tiny model), M1 and M2 (tiny models of other seeds), an ``arc``
+    eval set and test pairs; its eval tasks are the eval-set kinds a report names."""
+    import shutil
+
+    from conftest import build_tiny_llama
+
+    mcqa, prefs, _ = inputs
+    recipe = recipe_from_dict(
+        {
+            "name": "q",
+            "run_root": str(tmp_path / "runs"),
+            "model": str(tiny_model_dir),
+            "device": "cpu",
+            "train": {"sft_train_file": str(tmp_path / "sft.jsonl"), "dpo_start": "m1"},
+            "data": {"prefs": {"sources": [{"type": "jsonl", "name": "p", "path": str(prefs)}]}},
+            "eval": {
+                "tasks": ["mcqa:arc", "reward", "generation", "mcqa:math_mcqa"],
+                "dtype": "float32",
+                "bootstrap_resamples": 20,
+                "max_questions": 3,
+            },
+            "quantize": {
+                "methods": ["int8-packed"],
+                "references": ["float32"],
+                "new_tokens": 2,
+                "repeats": 1,
+                "isolate": False,
+                **quantize,
+            },
+        }
+    )
+    layout = recipe.layout
+    build_tiny_llama(smollm_tokenizer_dir, layout.merged("sft"), seed=1)
+    build_tiny_llama(smollm_tokenizer_dir, layout.merged("dpo"), seed=2)
+    layout.data_dir.mkdir(parents=True)
+    shutil.copy(mcqa, layout.data("arc.jsonl"))
+    shutil.copy(prefs, layout.data("prefs.test.jsonl"))
+    return recipe
+
+
+def test_rows_are_scored_on_the_recipe_own_eval_tasks_as_tutorlm_eval_scores_them(
+    tmp_path, smollm_tokenizer_dir, tiny_model_dir, inputs
+):
+    from tutorlm.evaluate.runner import run_eval
+    from tutorlm.quantize.compare import run_quantize_compare
+    from tutorlm.quantize.config import NO_GENERATION
+
+    recipe = _trained_run(tmp_path, smollm_tokenizer_dir, tiny_model_dir, inputs)
+    layout, out = recipe.layout, tmp_path / "cmp"
+    # bnb-int8 is skipped on the CPU at once: the fp32 row is the one compared with eval
+    rows = run_quantize_compare(recipe, layout.model("M2"), out, methods=["bnb-int8"])
+    evaluated = run_eval(recipe, layout.model("M2"), out_dir=tmp_path / "eval")
+    summary = json.loads((out / "compare.json").read_text())
+    # the default: the recipe's eval tasks less generation (refused, with why) and less
+    # the set whose file the data stage has not written (left out, with why)
+    assert [task["name"] for task in summary["tasks"]] == ["mcqa:arc", "reward"]
+    assert summary["skipped_tasks"]["generation"] == NO_GENERATION
+    assert summary["skipped_tasks"]["mcqa:math_mcqa"] == (
+        evaluated["skipped"]["mcqa:math_mcqa"].removeprefix("mcqa:math_mcqa: ")
+    )
+    fp32 = rows[0]
+    assert fp32["label"] == "fp32"
+    for task in ("mcqa:arc", "reward"):  # the same figure, interval and count as tutorlm eval
+        assert fp32["tasks"][task]["accuracy"] == evaluated["tasks"][task]["accuracy"]
+    assert fp32["tasks"]["mcqa:arc"]["accuracy"]["n"] == 3  # eval.max_questions
+    # the reward of M2 is measured against the model it was trained from: M1
+    assert summary["reference"] == layout.model("M1")
+    assert [row["reference"] for row in rows] == [layout.model("M1")]
+    header = next(line for line in (out / "compare.md").read_text().splitlines() if "| row" in line)
+    assert "| mcqa:arc accuracy [95 % CI] | change (points) |" in header
+    assert "| reward accuracy [95 % CI] | change (points) |" in header
+
+
+def test_baselines_join_unquantized_and_a_missing_one_is_not_measured_with_why(
+    tmp_path, smollm_tokenizer_dir, tiny_model_dir, inputs, monkeypatch
+):
+    from conftest import build_tiny_llama
+
+    from tutorlm.quantize import compare
+
+    small = build_tiny_llama(smollm_tokenizer_dir, tmp_path / "small", seed=3)
+    missing = str(tmp_path / "runs" / "q-small" / "dpo" / "merged")
+    recipe = _trained_run(
+        tmp_path, smollm_tokenizer_dir, tiny_model_dir, inputs,
+        baseline_model=missing, baseline_models=[str(small)], tasks=["mcqa:arc", "reward"],
+    )  # fmt: skip
+    assert recipe.quantize.baselines() == [missing, str(small)]
+    jobs = []
+    monkeypatch.setattr(
+        compare, "_run_row", lambda job, isolate: jobs.append(job) or _fake_row(job, isolate)
+    )
+    monkeypatch.setattr(compare, "quantize_to_dir", lambda *args, **kwargs: {})
+    out = tmp_path / "cmp"
+    rows = compare.run_quantize_compare(recipe, recipe.layout.model("M2"), out)
+    assert [row["label"] for row in rows] == ["fp32", "int8-packed", "baseline-2"]
+    baseline = rows[-1]
+    assert (baseline["kind"], baseline["model"], baseline["bits"]) == ("baseline", str(small), 32)
+    # a model from outside the run: its reward against the recipe's base model (the rule
+    # of evaluate.runner.reward_reference), on the same tasks as the other rows
+    assert [job["reference"] for job in jobs] == [recipe.layout.model("M1")] * 2 + [
+        str(tiny_model_dir)
+    ]
+    assert [t["name"] for t in jobs[-1]["tasks"]] == ["mcqa:arc", "reward"]
+    assert jobs[-1]["device"] == jobs[0]["device"] == "cpu"
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["skipped_rows"] == {
+        f"baseline {missing}": f"{missing} does not exist yet: train that model first "
+        "(its run or sweep variant)"
+    }
+    table = (out / "compare.md").read_text()
+    assert f"| baseline: {small} |" in table
+    assert f"- Not measured: baseline {missing}: {missing} does not exist yet" in table
