@@ -460,18 +460,62 @@ def test_a_missing_private_file_is_left_out_and_the_build_goes_on(tmp_path, capl
 
 
 def test_quantization_sections():
+    from tutorlm.evaluate.runner import reward_reference
     from tutorlm.quantize.methods import METHODS
 
     zephyr = recipe("zephyr")  # §5: int8 or int4 against float32, WikiText-2 perplexity
     assert {METHODS[m].bits for m in zephyr.quantize.methods} == {8, 4}
     assert zephyr.quantize.references == ["float32"]
     assert zephyr.quantize.tasks == ["perplexity_notes"]
+    assert zephyr.quantize.task_labels == {"perplexity_notes": "WikiText-2"}
     assert zephyr.eval.perplexity_files == ["data/zephyr/wikitext-2-test.txt"]
     epfllama = recipe("epfllama")  # §5: bitsandbytes 8-bit against 16-bit, reward accuracy
     assert [(METHODS[m].backend, METHODS[m].bits) for m in epfllama.quantize.methods] == [
         ("bitsandbytes", 8)
     ]
     assert (epfllama.quantize.references, epfllama.quantize.tasks) == (["bfloat16"], ["reward"])
+    # ... against the model M2 was trained from, M1, as tutorlm eval measures it
+    layout = epfllama.layout
+    assert reward_reference(epfllama, layout.model("M2")) == layout.model("M1")
     probllms = recipe("probllms")  # §6: 4- and 8-bit against the 16-bit model, MCQA accuracy
     assert sorted(METHODS[m].bits for m in probllms.quantize.methods) == [4, 8]
-    assert (probllms.quantize.references, probllms.quantize.tasks) == (["bfloat16"], ["mcqa_test"])
+    assert probllms.quantize.references == ["bfloat16"]
+    mcqa_sets = ["mcqa:arc", "mcqa:mmlu", "mcqa:gsm8k_mcqa", "mcqa:math_mcqa"]
+    assert probllms.quantize.tasks == mcqa_sets  # "the MCQA datasets outlined in Section 2"
+    assert [t for t in probllms.eval.tasks if t.startswith("mcqa:")] == mcqa_sets
+
+
+def test_probllms_baseline_is_a_smaller_model_trained_by_its_sweep_variant():
+
+    probllms = recipe("probllms")
+    _, variants = expand_variants(RECIPES / "probllms.yaml")
+    baseline = variants[0]  # first, so that the 7B variants' tables find its model
+    assert (baseline.name, baseline.recipe.model) == ("baseline", "Qwen/Qwen2.5-Math-1.5B-Instruct")
+    assert baseline.recipe.quantize.methods == [] and baseline.recipe.rag.sources == []
+    # everything else, data and training, is the 7B's
+    seven_b = variants[1].recipe
+    assert differing_keys(seven_b, baseline.recipe) == ["model", "quantize.methods", "rag.sources"]
+    assert probllms.quantize.baselines() == [baseline.recipe.layout.model("M2")]
+    assert all(v.recipe.quantize.baselines() == probllms.quantize.baselines() for v in variants)
+    _, smoke = expand_variants(RECIPES / "probllms.yaml", smoke=True, only=["baseline"])
+    assert smoke[0].recipe.quantize.baselines() == [smoke[0].recipe.layout.model("M2")]
+
+
+def test_probllms_rag_ablation_asks_m2_and_the_base_model_on_its_mcqa_sets():
+    from tutorlm.evaluate.ablations import ablation_models
+
+    probllms = recipe("probllms")
+    assert probllms.rag.ablation_models == ["M2", "M0"]
+    assert ablation_models(probllms) == [
+        ("M2", probllms.layout.model("M2")),
+        ("M0", "deepseek-ai/deepseek-math-7b-rl"),
+    ]
+    assert probllms.rag.ablation_questions == [
+        "notes",
+        *[t for t in probllms.eval.tasks if t.startswith("mcqa:")],
+    ]
+    for other in ("zephyr", "epfllama", "demo"):  # the others keep the final model on notes
+        assert (recipe(other).rag.ablation_models, recipe(other).rag.ablation_questions) == (
+            [],
+            ["notes"],
+        )
