@@ -93,12 +93,12 @@ def test_an_end_token_finishes_with_stop_and_counts_it(tiny):
 def test_sampling_is_seeded_and_reproducible(tiny):
     model, tokenizer = tiny
     generator = TransformersGenerator(model, tokenizer, batch_size=2, progress=False)
-    sampling = Sampling(max_new_tokens=6, temperature=1.0, top_k=50, seed=4)
+    sampling = Sampling(max_new_tokens=4, temperature=1.0, top_k=50, seed=4)
     state = torch.random.get_rng_state()
-    first = generator.generate(CHATS, sampling)
+    first = generator.generate(CHATS[:3], sampling)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator untouched
-    assert generator.generate(CHATS, sampling) == first
-    other = generator.generate(CHATS, sampling.model_copy(update={"seed": 5}))
+    assert generator.generate(CHATS[:3], sampling) == first
+    other = generator.generate(CHATS[:3], sampling.model_copy(update={"seed": 5}))
     assert other != first
 
 
@@ -279,3 +279,106 @@ def test_sampling_and_config_reject_bad_values():
     with pytest.raises(ValueError, match="dtype 'half'"):
         GenerationConfig(dtype="half")
     assert GenerationConfig().samples == Sampling(max_new_tokens=160)
+
+
+# --- the stages that generate in bulk ---------------------------------------------------
+
+
+def _sft_records():
+    from tutorlm.data.formats import Message, SFTRecord
+
+    return [
+        SFTRecord(
+            id=f"r{i}",
+            source="s",
+            messages=[
+                Message(role="user", content=c[-1]["content"]),
+                Message(role="assistant", content="The answer is 5."),
+            ],
+        )
+        for i, c in enumerate(CHATS[:3])
+    ]
+
+
+def test_generation_metrics_answer_through_the_bulk_generator(tiny):
+    from tutorlm.evaluate.generation_metrics import evaluate_generation
+    from tutorlm.evaluate.scorer import Scorer
+
+    model, tokenizer = tiny
+    scorer = Scorer(model, tokenizer, batch_size=2)
+    records = _sft_records()
+    result = evaluate_generation(scorer, records, max_new_tokens=5, numeric=False)
+    chats = [[{"role": "user", "content": r.messages[0].content}] for r in records]
+    expected = [chat(model, tokenizer, c, max_new_tokens=5).strip() for c in chats]
+    assert [s["prediction"] for s in result.samples] == expected
+    assert [s["id"] for s in result.samples] == ["r0", "r1", "r2"]
+    plain = evaluate_generation(scorer, records, max_new_tokens=5, chat=False, numeric=False)
+    texts = [r.messages[0].content + "\n" for r in records]
+    assert [s["prediction"] for s in plain.samples] == [
+        t.strip() for t in scorer.generate(texts, max_new_tokens=5)
+    ]
+
+
+def test_generation_metrics_take_another_generator(tiny):
+    from tutorlm.evaluate.generation_metrics import evaluate_generation
+    from tutorlm.evaluate.scorer import Scorer
+
+    class Echo:
+        def __init__(self):
+            self.seen = []
+
+        def generate(self, prompts, sampling, *, max_new_tokens=None, desc=""):
+            self.seen.append((prompts, sampling))
+            return [Generated("The answer is 5.", 5, "stop") for _ in prompts]
+
+    echo = Echo()
+    result = evaluate_generation(Scorer(*tiny), _sft_records(), max_new_tokens=9, generator=echo)
+    [(prompts, sampling)] = echo.seen
+    assert prompts[0] == [{"role": "user", "content": CHATS[0][-1]["content"]}]
+    assert sampling == Sampling(max_new_tokens=9) and result.bleu == pytest.approx(100.0)
+
+
+def test_samples_are_answered_with_the_recipes_sampling(tmp_path, monkeypatch):
+    import json
+
+    import tutorlm.bulk
+    from tutorlm.data.formats import write_records
+    from tutorlm.pipeline.samples import answer_samples
+    from tutorlm.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "name": "s",
+            "seed": 11,
+            "run_root": str(tmp_path),
+            "device": "cpu",
+            "generation": {"samples": {"max_new_tokens": 1024, "temperature": 1.0, "top_k": 50}},
+        }
+    )
+    write_records(recipe.layout.data("sft.val.jsonl"), _sft_records())
+    opened, asked = [], []
+
+    class Fake:
+        def __init__(self, spec):
+            self.spec = spec
+
+        def generate(self, prompts, sampling, *, max_new_tokens=None, desc=""):
+            asked.append(sampling)
+            return [Generated(f" {self.spec[-2:]} {i} ", 2, "stop") for i in range(len(prompts))]
+
+    def opener(spec, **options):
+        opened.append((spec, options["device"], options["chat_template"]))
+        return Fake(spec)
+
+    monkeypatch.setattr(tutorlm.bulk, "open_generator", opener)
+    rows = json.loads(answer_samples(recipe).read_text())
+    assert [spec for spec, _, _ in opened] == [recipe.layout.model("M0"), recipe.layout.model("M2")]
+    assert {device for _, device, _ in opened} == {"cpu"}
+    assert (
+        asked == [Sampling(max_new_tokens=1024, temperature=1.0, top_k=50, top_p=1.0, seed=11)] * 2
+    )
+    assert rows[1] == {
+        "question": CHATS[1][-1]["content"],
+        "M0": f"{recipe.layout.model('M0')[-2:]} 1",
+        "M2": f"{recipe.layout.model('M2')[-2:]} 1",
+    }

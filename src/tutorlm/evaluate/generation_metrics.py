@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tutorlm.bulk import Generator, Sampling, TransformersGenerator
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.scorer import Scorer
 
@@ -109,25 +110,28 @@ def evaluate_generation(
     max_new_tokens: int = 256,
     chat: bool = True,
     numeric: bool = True,
+    generator: Generator | None = None,
 ) -> GenerationResult:
     """Generate an answer to each SFT record's prompt and score it against its reference.
 
     The prompt is every turn before the record's last assistant turn, rendered
-    through the chat template (``chat=True``) or as plain text; decoding is greedy.
+    through the chat template (``chat=True``, when the tokenizer has one) or as plain
+    text; decoding is greedy. The answers come from ``generator`` (a
+    :func:`tutorlm.bulk.open_generator` one, e.g. vLLM's), else from the transformers
+    backend on the scorer's already loaded model, at the scorer's batch size.
     """
     prompts, references = [], []
+    templated = chat and bool(getattr(scorer.tokenizer, "chat_template", None))
     for record in records:
         turns, reference = split_conversation(record)
-        if chat and getattr(scorer.tokenizer, "chat_template", None):
-            prompt = scorer.tokenizer.apply_chat_template(
-                turns, tokenize=False, add_generation_prompt=True
-            )
-        else:
-            prompt = "".join(t["content"] + "\n" for t in turns)
-        prompts.append(prompt)
+        prompts.append(turns if templated else "".join(t["content"] + "\n" for t in turns))
         references.append(reference)
-    outputs = scorer.generate(prompts, max_new_tokens=max_new_tokens, desc="generate")
-    result = generation_metrics([o.strip() for o in outputs], references, numeric=numeric)
+    if generator is None:
+        generator = TransformersGenerator(
+            scorer.model, scorer.tokenizer, batch_size=scorer.batch_size, progress=scorer.progress
+        )
+    outputs = generator.generate(prompts, Sampling(max_new_tokens=max_new_tokens), desc="generate")
+    result = generation_metrics([o.text.strip() for o in outputs], references, numeric=numeric)
     for sample, record in zip(result.samples, records, strict=True):
         sample["id"] = record.id
     return result

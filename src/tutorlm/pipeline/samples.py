@@ -1,4 +1,9 @@
-"""Five held-out questions answered by M0 and by M2, for the report's side-by-side table."""
+"""Five held-out questions answered by M0 and by M2, for the report's side-by-side table.
+
+The answers are decoded as the recipe's ``generation.samples`` says: greedy and 160
+tokens unless a recipe states its report's sampling (ProbLLMs' appendix C: top-k 50,
+top-p 1.0, up to 1,024 tokens), on the engine of its ``generation`` block.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ from tutorlm.data.formats import atomic_write_text, read_records
 from tutorlm.recipe import Recipe
 
 N_SAMPLES = 5
-MAX_NEW_TOKENS = 160
 
 
 def sample_questions(recipe: Recipe, n: int = N_SAMPLES) -> list[list[dict]]:
@@ -34,22 +38,32 @@ def sample_questions(recipe: Recipe, n: int = N_SAMPLES) -> list[list[dict]]:
 
 
 def answer_samples(recipe: Recipe, labels=("M0", "M2")) -> Path:
-    """Generate greedy answers of each labelled model; write ``samples.json``."""
-    from tutorlm.generation import chat
-    from tutorlm.models import load_model
-    from tutorlm.templates import apply_template
+    """Answer the sample questions with each labelled model; write ``samples.json``."""
+    import gc
+
+    from tutorlm.bulk import open_generator
 
     prompts = sample_questions(recipe)
+    sampling = recipe.generation.samples
+    if sampling.seed is None:
+        sampling = sampling.model_copy(update={"seed": recipe.seed})
     answers: dict[str, list[str]] = {}
     for label in labels:
-        model, tokenizer = load_model(recipe.layout.model(label))
-        if label == "M0":  # trained checkpoints carry their template; the base may not
-            apply_template(tokenizer, recipe.chat_template)
+        generator = open_generator(
+            recipe.layout.model(label),
+            device=recipe.device,
+            config=recipe.generation,
+            # trained checkpoints carry their template; the base may not
+            chat_template=recipe.chat_template if label == "M0" else None,
+            seed=recipe.seed,
+            progress=False,
+        )
         answers[label] = [
-            chat(model, tokenizer, prompt, max_new_tokens=MAX_NEW_TOKENS).strip()
-            for prompt in prompts
+            out.text.strip()
+            for out in generator.generate(prompts, sampling, desc=f"samples {label}")
         ]
-        del model
+        del generator  # one model in memory at a time
+        gc.collect()
     rows = [
         {"question": prompt[-1]["content"], **{label: answers[label][i] for label in labels}}
         for i, prompt in enumerate(prompts)
