@@ -1,4 +1,10 @@
-"""Chat generation through a model's own chat template, streamed piece by piece."""
+"""Chat generation through a model's own chat template, streamed piece by piece.
+
+One conversation at a time, for a person reading the answer as it comes (``tutorlm
+chat``, ``serve``). Many prompts at once (corruption, generation metrics, samples) go
+through :mod:`tutorlm.bulk`, batched or on vLLM, with the same prompt ids and the same
+greedy rule at temperature 0.
+"""
 
 from __future__ import annotations
 
