@@ -23,7 +23,8 @@ where ``tokens = per_device_train_batch_size x max_length`` (DPO with
 ``lora_params`` sums ``r x (in + out)`` over the adapted modules of every layer.
 
 Its limits: it has never been checked against a GPU (this project has measured
-nothing on one yet); it leaves out the CUDA context (~0.5 GB), the allocator's
+nothing on one yet); on a CPU it is 32-46 % under the measured peak of the same
+steps (``benchmarks/plan_memory.py``, ``docs/benchmarks.md``); it leaves out the CUDA context (~0.5 GB), the allocator's
 fragmentation, the temporary buffers of the attention kernel and of the optimizer
 step, and sequences shorter than ``max_length`` (the real peak is usually lower for
 short rows, higher for fragmentation). Sharded setups (FSDP, ZeRO-3) divide
