@@ -342,7 +342,36 @@ def test_a_model_wholly_on_disk_takes_its_inputs_on_the_cpu(tiny_model_dir, tiny
     )
 
 
+def test_eval_files_with_device_map_flags_writes_what_the_plain_load_writes(
+    tiny_model_dir, eval_files, tmp_path
+):
+    bytes_ = _model_bytes(tiny_model_dir)
+    common = [*("eval", "files", "--model", str(tiny_model_dir), "--dtype", "float32")]
+    common += ["--mcqa", str(eval_files / "mcqa.jsonl"), "--bootstrap-resamples", "20"]
+    plain, spread = tmp_path / "plain", tmp_path / "spread"
+    assert main([*common, "--out", str(plain)]) == 0
+    assert (
+        main(
+            [*common, "--out", str(spread), "--device-map", "auto"]
+            + ["--max-memory", f"cpu={bytes_}"]
+        )
+        == 0
+    )
+    results = json.loads((spread / "results.json").read_text())
+    assert set(results["device_map"].values()) == {"cpu", "disk"}
+    assert results["settings"]["max_memory"] == {"cpu": bytes_}
+    assert "device_map" not in json.loads((plain / "results.json").read_text())
+    name = "predictions.jsonl"
+    assert (spread / name).read_bytes() == (plain / name).read_bytes()
+
+
 def test_device_map_takes_no_single_device(tiny_model_dir):
+    from tutorlm.models import load_causal_lm
+
+    with pytest.raises(ValueError, match="device or device_map, not both"):
+        load_causal_lm(tiny_model_dir, device="cpu", device_map="auto")
+    with pytest.raises(ValueError, match="max_memory needs a device_map"):
+        load_causal_lm(tiny_model_dir, max_memory={"cpu": "1GB"})
     with pytest.raises(ScorerError, match="cannot be combined with device 'cpu'"):
         Scorer.from_spec(tiny_model_dir, device="cpu", device_map="auto")
 
@@ -359,7 +388,7 @@ def test_device_map_under_several_processes_fails_before_loading(monkeypatch, tm
 
 def test_max_memory_reads_a_flag_or_a_mapping():
     assert EvalConfig(max_memory="0=70GiB, cpu=200GiB").max_memory == {0: "70GiB", "cpu": "200GiB"}
-    assert EvalConfig(max_memory={"1": 5, "disk": "1GB"}).max_memory == {1: 5, "disk": "1GB"}
+    assert EvalConfig(max_memory={"1": "5", "disk": "1GB"}).max_memory == {1: 5, "disk": "1GB"}
     for bad in ("gpu=1GB", "cpu"):
         with pytest.raises(ValueError, match="GPU index|DEVICE=SIZE"):
             EvalConfig(max_memory=bad)

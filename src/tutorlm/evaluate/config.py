@@ -94,8 +94,8 @@ class EvalConfig(BaseModel):
     @field_validator("max_memory", mode="before")
     @classmethod
     def _memory_per_device(cls, value):
-        """``0=70GiB,cpu=200GiB`` (a flag) or a mapping; GPU indices become ints, as
-        accelerate wants them."""
+        """``0=70GiB,cpu=200GiB`` (a flag) or a mapping; GPU indices and sizes in bytes
+        become ints, as accelerate wants them."""
         if isinstance(value, str):
             pairs = [part.partition("=") for part in value.split(",") if part.strip()]
             if any(not sep or not size.strip() for _, sep, size in pairs):
@@ -110,6 +110,8 @@ class EvalConfig(BaseModel):
             text = str(key).strip().lower()
             if not (text.isdigit() or text in ("cpu", "disk")):
                 raise ValueError(f"device {key!r} is not a GPU index, cpu or disk")
+            if isinstance(size, str) and size.strip().isdigit():
+                size = int(size)  # bytes; accelerate reads a string only with a unit
             memory[int(text) if text.isdigit() else text] = size
         return memory
 
