@@ -58,7 +58,7 @@ def ablation_question_sets(recipe) -> tuple[dict[str, list[MCQARecord]], dict[st
         AblationError: a name that is neither ``notes`` nor an MCQA task of the eval stage.
     """
     from tutorlm.data.formats import read_records
-    from tutorlm.evaluate.runner import _missing, recipe_tasks
+    from tutorlm.evaluate.runner import missing_input, recipe_tasks
     from tutorlm.evaluate.scorer import ScorerError
 
     sets, skipped = {}, {}
@@ -78,7 +78,7 @@ def ablation_question_sets(recipe) -> tuple[dict[str, list[MCQARecord]], dict[st
                 f"rag.ablation_questions: {name!r} is a {spec.kind} task; the ablation asks "
                 f"MCQA questions: {NOTES_QUESTIONS}, mcqa_test, mmlu_stem or mcqa:<eval set>"
             )
-        problem = _missing(spec)
+        problem = missing_input(spec)
         if problem:
             skipped[name] = problem.removeprefix(f"{name}: ")
             continue

@@ -189,7 +189,14 @@ def _configure_rag(parser: argparse.ArgumentParser) -> None:
     from tutorlm.evaluate.ablation import ABLATION_METHOD
 
     _add_recipe(parser, optional=True)
-    _add_model_flags(parser, required=False)
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="model to ask: M0, M1, M2 (the recipe's run) or a spec; repeat for one block "
+        "each (default: rag.ablation_models, else the run's final model)",
+    )
+    add_device_flag(parser)
+    add_online_flag(parser)
     parser.add_argument(
         "--index",
         "--rag",
@@ -216,7 +223,8 @@ def _configure_rag(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_rag(args: argparse.Namespace) -> int:
-    from tutorlm.evaluate.ablation import index_sources, recipe_notes_questions, run_recipe_ablation
+    from tutorlm.evaluate.ablation import index_sources
+    from tutorlm.evaluate.ablations import run_recipe_ablations
     from tutorlm.recipe import load_recipe, recipe_from_dict
 
     sources, embedder = index_sources(args.index)
@@ -226,36 +234,36 @@ def _run_rag(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, changes)
     else:
         recipe = recipe_from_dict({"name": "eval-rag"}, changes, origin="eval rag flags")
+    questions = None  # the recipe's rag.ablation_questions
     if args.mcqa:
         from tutorlm.data.formats import read_records
 
         records = read_records(args.mcqa, "mcqa", strict=True).records
-        records = records[: recipe.eval.max_questions]
-    elif args.recipe:
-        records = recipe_notes_questions(recipe)
-    else:
+        questions = {args.mcqa.stem: records[: recipe.eval.max_questions]}
+    elif not args.recipe:
         raise TutorlmError(
             "eval rag needs MCQA questions: a recipe (its notes questions) or --mcqa"
         )
-    if not records:
-        raise TutorlmError("eval rag: no MCQA questions to score")
     if args.out is None and not args.recipe:
         raise TutorlmError("--out DIR is required without a recipe")
     if args.model is None and not args.recipe:
         raise TutorlmError("--model is required without a recipe")
     apply_online(args)
-    table = run_recipe_ablation(
+    result = run_recipe_ablations(
         recipe,
-        args.model or recipe.layout.final_model(),
-        records,
         args.out or recipe.layout.eval_dir("rag"),
+        models=args.model,
+        questions=questions,
         sources=sources,
         embedding_model=embedder,
         method=args.method,
         log=_echo,
     )
-    print(table.markdown(), end="")
-    print(f"table: {table.files['markdown']}  plot: {table.files['plot']}")
+    if not result.blocks:
+        reasons = "; ".join(f"{what}: {why}" for what, why in result.skipped.items())
+        raise TutorlmError(f"eval rag: no MCQA questions to score ({reasons or 'none given'})")
+    print(result.markdown(), end="")
+    print(f"table: {result.files['markdown']}  plot: {result.files['plot']}")
     return 0
 
 

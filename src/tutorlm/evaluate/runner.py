@@ -117,7 +117,7 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
     return specs
 
 
-def _missing(spec: TaskSpec) -> str | None:
+def missing_input(spec: TaskSpec) -> str | None:
     if not spec.paths:
         return f"{spec.name}: no input file configured ({spec.hint})"
     for path in spec.paths:
@@ -194,7 +194,7 @@ def run_tasks(
     }
     runnable = []
     for spec in specs:
-        problem = _missing(spec)
+        problem = missing_input(spec)
         if problem:
             results["skipped"][spec.name] = problem
             echo(f"skipped {problem}")

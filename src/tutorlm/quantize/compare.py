@@ -69,7 +69,7 @@ def resolve_tasks(recipe, out_dir: Path, *, mcqa=None, prefs=None) -> tuple[list
     SPEC`` working without a built run: ``mmlu_stem`` falls back to a seeded sample of
     the bundled MMLU, and ``--prefs FILE`` adds a ``reward`` column on that file.
     """
-    from tutorlm.evaluate.runner import _missing, recipe_tasks
+    from tutorlm.evaluate.runner import missing_input, recipe_tasks
 
     settings = recipe.quantize
     names, skipped = compare_task_names(recipe)
@@ -86,7 +86,7 @@ def resolve_tasks(recipe, out_dir: Path, *, mcqa=None, prefs=None) -> tuple[list
                 spec.paths = [_mmlu_sample(out_dir, limit or 200, recipe.seed)]
         elif spec.name == "reward" and prefs:
             spec.paths = [Path(prefs)]
-        problem = _missing(spec)
+        problem = missing_input(spec)
         if problem:
             skipped[spec.name] = problem.removeprefix(f"{spec.name}: ")
             continue
