@@ -16,6 +16,7 @@ from pathlib import Path
 from rag_support import KeywordEmbedder as KeywordCounts
 
 from tutorlm.serve.engine import Finish, TokenStream
+from tutorlm.serve.tutor import Tutor
 from tutorlm.templates import chat_prompt_ids
 
 NOTES = {
@@ -88,6 +89,19 @@ class ScriptedEngine:
             stream.push(piece)
         stream.push(Finish("stop", self.count_prompt_tokens(request.messages), len(self.pieces)))
         return stream
+
+
+class RecordingTutor(Tutor):
+    """A tutor that records the ``mode`` of each request it prepares a prompt for: what
+    the server received (None where the request named none)."""
+
+    def __init__(self, engine, **kwargs):
+        super().__init__(engine, **kwargs)
+        self.modes: list[str | None] = []
+
+    def prepare(self, conversation, *, mode=None, use_rag=True):
+        self.modes.append(mode)
+        return super().prepare(conversation, mode=mode, use_rag=use_rag)
 
 
 class HeldEngine(ScriptedEngine):

@@ -1,5 +1,5 @@
-"""The terminal chat: streamed answers with history, /reset, /sources, /mode, history
-trimming, and the real ``tutorlm chat`` command driven through its stdin."""
+"""The terminal chat: streamed answers with history, /reset, /sources, /mode, /hint and
+/tutor, history trimming, and the real ``tutorlm chat`` command driven through its stdin."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import io
 import sys
 
 import pytest
-from serve_support import MOMENTUM, build_notes_index, lively_copy
+from serve_support import MOMENTUM, ScriptedEngine, build_notes_index, lively_copy
 
 from tutorlm.generation import chat
 from tutorlm.layout import tutor_commands
-from tutorlm.serve.chat import HELP, ChatSession, run_chat
+from tutorlm.serve.chat import HELP, Ask, ChatSession, run_chat
 from tutorlm.serve.commands import served_name
 from tutorlm.serve.engine import LocalEngine, load_serving_model
 from tutorlm.serve.tutor import MODE_PROMPTS, Tutor
@@ -94,6 +94,78 @@ def test_a_conversation_with_commands(tutor):
     assert "(conversation cleared)\nyou> (no notes were used yet)\nyou> " in transcript
     assert "never read" not in transcript
     assert session.history == [] and session.mode == "hint"
+
+
+def test_hint_and_tutor_switch_the_mode_or_ask_one_question(tutor):
+    session = ChatSession(tutor, mode="tutor", max_tokens=6)
+    first = [{"role": "user", "content": "What is momentum?"}]
+    hinted = direct(tutor, first, "hint", 6)
+    assert hinted != direct(tutor, first, "tutor", 6)  # so the mode used is visible
+    follow_up = [*first, {"role": "assistant", "content": hinted}]
+    follow_up.append({"role": "user", "content": "And energy?"})
+    tutored = direct(tutor, follow_up, "tutor", 6)
+    status, transcript = talk(
+        session,
+        ["/hint What is momentum?", "/mode", "And energy?", "/hint", "/mode", "/tutor", "/mode"],
+    )
+    assert status == 0
+    assert f"you> /hint What is momentum?\ntutor> {hinted}\n(notes given: [1] {MOMENTUM}; " in (
+        transcript
+    )
+    assert f"you> (mode: tutor)\nyou> And energy?\ntutor> {tutored}\n" in transcript
+    assert transcript.endswith(
+        "you> (mode: hint)\nyou> (mode: hint)\nyou> (mode: tutor)\nyou> (mode: tutor)\nyou> \n"
+    )
+    assert [m["content"] for m in session.history] == [
+        "What is momentum?",
+        hinted,
+        "And energy?",
+        tutored,
+    ]
+    assert session.command("/tutor   Why?  ") == Ask("Why?", "tutor")
+    assert session.command("/hint Why is p = m v?") == Ask("Why is p = m v?", "hint")
+    assert session.mode == "tutor"
+    assert "/hint QUESTION       ask this one question in hint mode" in HELP
+
+
+def test_sources_show_file_heading_and_passage(tutor):
+    engine = ScriptedEngine(tutor.engine.tokenizer, ["Mass times ", "velocity [1]."])
+    session = ChatSession(Tutor(engine, index=tutor.index), mode="tutor")
+    status, transcript = talk(
+        session, ["What is momentum?", "/sources", "/sources 2", "/sources 4"]
+    )
+    assert status == 0
+    assert transcript.partition("you> What is momentum?\n")[2] == (
+        "tutor> Mass times velocity [1].\n"
+        f"(cited: [1] {MOMENTUM})\n"
+        f"you> [1] {MOMENTUM} (cited)\n"
+        "    ## Momentum Momentum is mass times velocity, p = m v. It is conserved when no\n"
+        "    external force acts on a system.\n"
+        "[2] notes/physics.md, Mechanics > Energy (given)\n"
+        "    ## Energy Kinetic energy is one half of mass times velocity squared.\n"
+        "[3] notes/calculus.md, Calculus > Derivatives (given)\n"
+        "    ## Derivatives The derivative measures the rate of change of a function. The chain\n"
+        "    rule differentiates a composition: (f(g(x)))' = f'(g(x)) g'(x).\n"
+        "you> [2] notes/physics.md, Mechanics > Energy (given)\n"
+        "    ## Energy Kinetic energy is one half of mass times velocity squared.\n"
+        "you> (no note '4': the last answer was given notes 1-3)\n"
+        "you> \n"
+    )
+
+
+def test_a_long_passage_is_shortened_in_the_list_and_whole_when_asked_for(tutor):
+    from tutorlm.rag.records import Chunk, Hit
+
+    words = " ".join(f"word{i}" for i in range(40))  # 309 characters
+    note = Chunk.make("notes/long.pdf", 0, words, 7, "Long > Longer")
+    session = ChatSession(tutor, mode="tutor", last_sources=[Hit(note, 0.5)], last_answer="[1]")
+    listed = session.describe_sources()
+    assert listed.startswith("[1] notes/long.pdf, p. 7, Long > Longer (cited)\n    word0 word1 ")
+    assert listed.endswith(" word27 word28 …")  # 200 characters at most
+    assert len(listed.splitlines()) == 4
+    whole = session.describe_sources("1")
+    assert whole.replace("\n    ", " ").endswith(" word38 word39")
+    assert len(whole.splitlines()) == 5 and max(len(line) for line in whole.splitlines()) <= 88
 
 
 def test_hint_mode_changes_the_system_prompt(tutor):

@@ -1,20 +1,28 @@
 """The chat page in headless Chromium (Debian's ``chromium``, driven by Playwright):
 a typed question gets a streamed answer with its notes listed, a follow-up in hint
-mode carries the history, and an error is shown rather than swallowed."""
+mode carries the history, the mode is chosen per message, the notes open to their
+passage, the model's served name heads the page, and an error is shown rather than
+swallowed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from serve_support import MOMENTUM, ScriptedEngine, build_notes_index, lively_copy
+from serve_support import (
+    MOMENTUM,
+    RecordingTutor,
+    ScriptedEngine,
+    build_notes_index,
+    lively_copy,
+)
 
 from tutorlm.generation import chat
 from tutorlm.serve.api import create_app
 from tutorlm.serve.config import ServeConfig
 from tutorlm.serve.engine import LocalEngine, load_serving_model
 from tutorlm.serve.server import BackgroundServer
-from tutorlm.serve.tutor import Tutor
+from tutorlm.serve.tutor import MODE_PROMPTS, Tutor
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -40,11 +48,16 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def tutor(tiny_model_dir, tmp_path_factory):
+def notes_index(tmp_path_factory):
+    return build_notes_index(tmp_path_factory.mktemp("notes"))
+
+
+@pytest.fixture(scope="module")
+def tutor(tiny_model_dir, tmp_path_factory, notes_index):
     folder = lively_copy(tiny_model_dir, tmp_path_factory.mktemp("lively"))
     model, tokenizer = load_serving_model(str(folder), device="cpu")
     engine = LocalEngine(model, tokenizer, name="tiny")
-    yield Tutor(engine, index=build_notes_index(tmp_path_factory.mktemp("notes")))
+    yield Tutor(engine, index=notes_index)
     engine.close()
 
 
@@ -89,16 +102,16 @@ def test_a_question_gets_a_streamed_answer_with_its_notes(page, tutor):
         tutor, [{"role": "user", "content": "What is momentum?"}]
     )
     assert int(answer.get_attribute("data-chunks")) >= 2  # shown piece by piece
-    notes = answer.locator(".citations li")
+    notes = answer.locator(".sources li.source")
     assert notes.count() == 3
-    assert notes.nth(0).locator("summary").inner_text() == f"1{MOMENTUM}"
+    assert notes.nth(0).locator("summary").inner_text() == ("[1] " + MOMENTUM.replace(", ", " › "))
     assert answer.locator(".usage").inner_text().endswith("+ 12 answer tokens")
     assert page.locator(".message.user .content").inner_text() == "What is momentum?"
 
 
 def test_a_follow_up_in_hint_mode_carries_the_history(page, tutor):
     first = ask(page, "What is momentum?", 0).locator(".content").inner_text()
-    page.select_option("#mode", "hint")
+    page.check("#mode-hint")
     second = ask(page, "And the chain rule?", 1)
     history = [
         {"role": "user", "content": "What is momentum?"},
@@ -117,6 +130,85 @@ def test_an_error_is_shown_on_the_page(page):
     status = page.locator("#status").inner_text()
     assert status.startswith("error: the prompt is") and "at most 400" in status
     assert page.locator("#send").is_enabled()
+
+
+SCRIPTED_ANSWER = ["<b>Momentum</b> is ", "p = m v [1]."]
+
+
+@pytest.fixture(scope="module")
+def scripted(tiny_model_dir, notes_index):
+    """A tutor that says ``SCRIPTED_ANSWER``, starts in hint mode, serves as ``demo-M2``
+    and records the mode of each request it receives."""
+    from transformers import AutoTokenizer
+
+    engine = ScriptedEngine(
+        AutoTokenizer.from_pretrained(tiny_model_dir), SCRIPTED_ANSWER, name="demo-M2"
+    )
+    scripted_tutor = RecordingTutor(engine, index=notes_index, mode="hint")
+    with BackgroundServer(create_app(scripted_tutor, ServeConfig())) as running:
+        yield scripted_tutor, running
+
+
+@pytest.fixture
+def scripted_page(chromium_browser, scripted):
+    scripted_tutor, running = scripted
+    scripted_tutor.modes.clear()
+    scripted_tutor.engine.requests.clear()
+    context = chromium_browser.new_context()
+    opened = context.new_page()
+    opened.set_default_timeout(30_000)
+    opened.goto(running.url)
+    opened.wait_for_selector("#model:text('demo-M2')")
+    yield opened, scripted_tutor
+    context.close()
+
+
+def test_the_mode_is_chosen_per_message_and_stays_chosen(scripted_page):
+    page, scripted_tutor = scripted_page
+    assert page.title() == "tutorlm · demo-M2"
+    assert page.is_checked("#mode-hint")  # the server's default mode
+    ask(page, "What is momentum?", 0)
+    page.focus("#mode-hint")
+    page.keyboard.press("ArrowLeft")  # the radio group, by keyboard
+    assert page.is_checked("#mode-tutor") and not page.is_checked("#mode-hint")
+    ask(page, "And energy?", 1)
+    ask(page, "And the chain rule?", 2)  # the choice holds for the next message
+    assert scripted_tutor.modes == ["hint", "tutor", "tutor"]
+    systems = [request.messages[0]["content"] for request in scripted_tutor.engine.requests]
+    assert [s.startswith(MODE_PROMPTS["hint"]) for s in systems] == [True, False, False]
+    assert [s.startswith(MODE_PROMPTS["tutor"]) for s in systems] == [False, True, True]
+    badges = page.locator(".message.user .mode-badge").all_inner_texts()
+    assert badges == ["hint", "tutor", "tutor"]
+    modes = [box.get_attribute("data-mode") for box in page.locator(ANSWER).all()]
+    assert modes == ["hint", "tutor", "tutor"]  # as the server answered them
+
+
+def test_the_sources_open_to_their_passage(scripted_page):
+    page, _ = scripted_page
+    answer = ask(page, "What is momentum?", 0)
+    assert answer.locator(".content").inner_text() == "<b>Momentum</b> is p = m v [1]."
+    assert answer.locator(".content b").count() == 0  # model text is never HTML
+    cited = answer.locator(".source-group.cited")
+    given = answer.locator(".source-group.given")
+    assert cited.locator(".source-label").inner_text() == "sources cited"
+    assert cited.locator("summary").all_inner_texts() == [
+        "[1] notes/physics.md › Mechanics > Momentum cited"
+    ]
+    assert given.locator(".source-label").inner_text() == "also given, not cited"
+    assert given.locator("summary").all_inner_texts() == [
+        "[2] notes/physics.md › Mechanics > Energy",
+        "[3] notes/calculus.md › Calculus > Derivatives",
+    ]
+    passage = cited.locator(".passage")
+    assert not passage.is_visible()
+    cited.locator("summary").focus()
+    page.keyboard.press("Enter")
+    assert passage.is_visible()
+    assert passage.inner_text() == (
+        "## Momentum\n\nMomentum is mass times velocity, p = m v. "
+        "It is conserved when no external force acts on a system."
+    )
+    assert not given.locator(".passage").first.is_visible()
 
 
 CROSS_SITE_PAGE = """<!doctype html><html><body>

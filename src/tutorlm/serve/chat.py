@@ -15,11 +15,26 @@ from tutorlm.serve.engine import EngineError, GenerationRequest
 from tutorlm.serve.tutor import MODE_PROMPTS, ConversationError, Tutor, citation_records
 
 HELP = """commands:
+  /tutor               switch to tutor mode: explain step by step
+  /hint                switch to hint mode: guide without giving the answer
+  /hint QUESTION       ask this one question in hint mode, keeping the mode (/tutor too)
+  /mode [tutor|hint]   show or switch the mode
+  /sources             the notes behind the last answer: file, heading, passage
+  /sources N           note N in full
   /reset               forget the conversation
-  /sources             the notes behind the last answer ([n] = cited in it)
-  /mode tutor|hint     tutor explains step by step; hint guides without giving the answer
   /help                this list
   /quit                leave (or Ctrl-D)"""
+
+PASSAGE_WIDTH = 88
+"""Columns a note's passage is wrapped to by ``/sources``."""
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A command that asks a question (``/hint QUESTION``): the question and its mode."""
+
+    question: str
+    mode: str
 
 
 @dataclass
@@ -35,12 +50,18 @@ class ChatSession:
     last_sources: list = field(default_factory=list)
     last_answer: str = ""
 
-    def command(self, line: str) -> str | None:
-        """Run a slash command; returns what to print, or None to quit."""
+    def command(self, line: str) -> str | Ask | None:
+        """Run a slash command; returns what to print, a question to ask, or None to quit."""
         name, _, argument = line.strip().partition(" ")
         argument = argument.strip()
         if name in ("/quit", "/exit"):
             return None
+        if name.removeprefix("/") in MODE_PROMPTS:
+            mode = name.removeprefix("/")
+            if argument:  # one question in this mode; the session's mode stays
+                return Ask(argument, mode)
+            self.mode = mode
+            return f"(mode: {self.mode})"
         if name == "/reset":
             self.history.clear()
             self.last_sources, self.last_answer = [], ""
@@ -53,29 +74,40 @@ class ChatSession:
             self.mode = argument
             return f"(mode: {self.mode})"
         if name == "/sources":
-            return self.describe_sources()
+            return self.describe_sources(argument)
         if name == "/help":
             return HELP
         return f"(unknown command {name}; /help lists them)"
 
-    def describe_sources(self) -> str:
+    def describe_sources(self, number: str = "") -> str:
+        """Each note of the last answer: ``[n] file, heading (cited|given)`` and the start
+        of its passage; with ``number``, that note's whole passage."""
         if self.tutor.index is None:
             return "(no notes: start the chat with --rag DIR to cite course notes)"
         if not self.last_sources:
             return "(no notes were used yet)"
+        records = citation_records(self.last_sources, self.last_answer)
+        if number:
+            if not (number.isdigit() and 1 <= int(number) <= len(records)):
+                return f"(no note {number!r}: the last answer was given notes 1-{len(records)})"
+            records = [records[int(number) - 1]]
         lines = []
-        for record in citation_records(self.last_sources, self.last_answer):
+        for record in records:
             mark = "cited" if record["cited"] else "given"
-            excerpt = textwrap.shorten(" ".join(record["text"].split()), 200, placeholder=" …")
-            lines.append(f"[{record['number']}] {record['location']} ({mark})\n    {excerpt}")
+            lines.append(f"[{record['number']}] {record['location']} ({mark})")
+            passage = " ".join(record["text"].split())
+            if not number:
+                passage = textwrap.shorten(passage, 200, placeholder=" …")
+            lines.append(textwrap.indent(textwrap.fill(passage, PASSAGE_WIDTH - 4), "    "))
         return "\n".join(lines)
 
-    def ask(self, question: str, out: TextIO) -> None:
-        """Answer ``question``, streaming the reply to ``out``; the turn joins the history."""
+    def ask(self, question: str, out: TextIO, mode: str | None = None) -> None:
+        """Answer ``question`` in ``mode`` (default: the session's), streaming the reply
+        to ``out``; the turn joins the history."""
         self.history.append({"role": "user", "content": question})
         try:
             prepared, dropped = self.tutor.prepare_within(
-                self.history, self.max_prompt_tokens, mode=self.mode
+                self.history, self.max_prompt_tokens, mode=mode or self.mode
             )
         except ConversationError as error:
             self.history.pop()
@@ -153,12 +185,15 @@ def run_chat(
         line = line.strip()
         if not line:
             continue
+        question, mode = line, None
         if line.startswith("/"):
             reply = session.command(line)
             if reply is None:
                 return 0
-            stdout.write(reply + "\n")
-            continue
+            if not isinstance(reply, Ask):
+                stdout.write(reply + "\n")
+                continue
+            question, mode = reply.question, reply.mode
         if not interactive:
             stdout.write(line + "\n")  # echo, so a transcript reads like a conversation
-        session.ask(line, stdout)
+        session.ask(question, stdout, mode=mode)

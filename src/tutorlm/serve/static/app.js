@@ -1,7 +1,8 @@
 // The tutorlm chat page: sends the conversation to /v1/chat/completions with
-// stream: true, reads the server-sent events as they arrive, and shows the notes
-// each answer was given (cited ones marked). Model text is only ever set with
-// textContent, never parsed as HTML.
+// stream: true and the mode chosen for that message, reads the server-sent events
+// as they arrive, and lists the notes each answer was given as expandable sources
+// (cited ones first). Model and note text is only ever set with textContent, never
+// parsed as HTML.
 "use strict";
 
 const state = { model: null, history: [], controller: null };
@@ -31,43 +32,104 @@ async function errorMessage(response) {
 async function loadModel() {
   const response = await fetch("/v1/models");
   if (!response.ok) throw new Error(await errorMessage(response));
-  const body = await response.json();
-  state.model = body.data[0].id;
+  const card = (await response.json()).data[0];
+  state.model = card.id;
   $("model").textContent = state.model;
+  document.title = `tutorlm · ${state.model}`;
+  if (card.mode) setMode(card.mode); // the server's default, until the student picks
 }
 
-function addMessage(role, text) {
+// The mode the next message is sent in: the checked radio, which stays checked.
+function chosenMode() {
+  return document.querySelector('input[name="mode"]:checked').value;
+}
+
+function setMode(mode) {
+  const radio = document.querySelector(`input[name="mode"][value="${CSS.escape(mode)}"]`);
+  if (radio) radio.checked = true;
+}
+
+function addMessage(role, text, mode) {
   const box = element("section", `message ${role}`);
-  box.append(element("div", "who", role === "user" ? "you" : "tutor"));
+  const who = element("div", "who", role === "user" ? "you" : "tutor");
+  box.append(who);
   const content = element("div", "content", text);
   box.append(content);
+  if (mode) showMode(box, mode);
   $("conversation").append(box);
   box.scrollIntoView({ block: "end" });
   return { box, content };
 }
 
-function showCitations(box, citations) {
-  let list = box.querySelector(".citations");
+// The mode a message was sent (or answered) in, as a badge next to who wrote it.
+function showMode(box, mode) {
+  box.dataset.mode = mode;
+  let badge = box.querySelector(".mode-badge");
+  if (!badge) {
+    badge = element("span", "mode-badge");
+    box.querySelector(".who").append(" ", badge);
+  }
+  badge.textContent = mode;
+  badge.title = `${mode} mode`;
+}
+
+// "[n] file, p. 3 › heading": where a reader finds the note.
+function whereOf(note) {
+  let where = note.source;
+  if (note.page !== null && note.page !== undefined) where += `, p. ${note.page}`;
+  if (note.heading) where += ` › ${note.heading}`;
+  return where;
+}
+
+function sourceItem(note, open) {
+  const item = element("li", note.cited ? "source cited" : "source");
+  item.dataset.number = String(note.number);
+  const details = element("details");
+  details.open = open;
+  const summary = element("summary");
+  summary.append(element("span", "n", `[${note.number}]`), " ", element("span", "where", whereOf(note)));
+  if (note.cited) summary.append(" ", element("span", "mark", "cited"));
+  details.append(summary, element("blockquote", "passage", note.text));
+  item.append(details);
+  return item;
+}
+
+function sourceGroup(className, label, notes, open) {
+  const group = element("div", `source-group ${className}`);
+  group.append(element("div", "source-label", label));
+  const list = element("ul");
+  for (const note of notes) list.append(sourceItem(note, open.has(note.number)));
+  group.append(list);
+  return group;
+}
+
+// The notes an answer was given, as expandable items: the cited ones first, then
+// the others, dimmed. Called again when the answer ends (now marked with what it
+// cites); a note the student opened meanwhile stays open.
+function showSources(box, citations) {
+  let sources = box.querySelector(".sources");
   if (!citations || citations.length === 0) {
-    if (list) list.remove();
+    if (sources) sources.remove();
     return;
   }
-  if (!list) {
-    list = element("ol", "citations");
-    box.append(list);
+  const open = new Set();
+  if (sources) {
+    for (const item of sources.querySelectorAll("li.source")) {
+      if (item.querySelector("details").open) open.add(Number(item.dataset.number));
+    }
+  } else {
+    sources = element("div", "sources");
+    box.append(sources);
   }
-  list.replaceChildren();
-  for (const note of citations) {
-    const item = element("li", note.cited ? "cited" : "");
-    item.dataset.number = String(note.number);
-    const details = element("details");
-    const summary = element("summary");
-    summary.append(element("span", "n", `${note.number}`), note.location);
-    if (note.cited) summary.append(" (cited)");
-    details.append(summary, element("blockquote", "", note.text));
-    item.append(details);
-    list.append(item);
+  const cited = citations.filter((note) => note.cited);
+  const given = citations.filter((note) => !note.cited);
+  const groups = [];
+  if (cited.length) groups.push(sourceGroup("cited", "sources cited", cited, open));
+  if (given.length) {
+    const label = cited.length ? "also given, not cited" : "notes given";
+    groups.push(sourceGroup("given", label, given, open));
   }
+  sources.replaceChildren(...groups);
 }
 
 // Split a growing buffer of server-sent events into complete "data:" payloads.
@@ -87,9 +149,9 @@ function takeEvents(buffer) {
   return { events, rest: buffer };
 }
 
-async function ask(question) {
+async function ask(question, mode) {
   state.history.push({ role: "user", content: question });
-  addMessage("user", question);
+  addMessage("user", question, mode);
   const { box, content } = addMessage("assistant", "");
   box.dataset.state = "streaming";
   box.dataset.chunks = "0";
@@ -106,7 +168,7 @@ async function ask(question) {
         messages: state.history,
         stream: true,
         stream_options: { include_usage: true },
-        mode: $("mode").value,
+        mode,
       }),
       signal: state.controller.signal,
     });
@@ -123,7 +185,8 @@ async function ask(question) {
         if (data === "[DONE]") continue;
         const event = JSON.parse(data);
         if (event.error) throw new Error(event.error.message);
-        if (event.citations) showCitations(box, event.citations);
+        if (event.mode) showMode(box, event.mode);
+        if (event.citations) showSources(box, event.citations);
         if (event.usage) {
           const usage = element("div", "usage",
             `${event.usage.prompt_tokens} prompt + ${event.usage.completion_tokens} answer tokens`);
@@ -164,7 +227,7 @@ function submit(event) {
   const question = $("question").value.trim();
   if (!question || state.controller) return;
   $("question").value = "";
-  ask(question);
+  ask(question, chosenMode());
 }
 
 function reset() {
