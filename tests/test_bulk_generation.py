@@ -16,8 +16,8 @@ from tutorlm.bulk import (
     Sampling,
     TransformersGenerator,
     open_generator,
-    vllm_sampling,
 )
+from tutorlm.bulk.vllm_engine import vllm_sampling
 from tutorlm.generation import chat
 
 CHATS = [

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tutorlm.evaluate.batches import BatchMemoryError, is_out_of_memory
+from tutorlm.evaluate.batches import BatchMemoryError
 from tutorlm.evaluate.scorer import Scorer
+from tutorlm.hardware import is_out_of_memory
 
 CONTEXTS = [f"Question {i}: what does unit {i} of the course cover? Answer:" for i in range(9)]
 REQUESTS = [(context, f" unit {i} covers forces") for i, context in enumerate(CONTEXTS)]

@@ -257,3 +257,14 @@ def apply_threads(setting: int | str = "auto") -> int:
     count = thread_count(setting)
     torch.set_num_threads(count)
     return count
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device running out of memory (CUDA's own error, or the
+    ``RuntimeError`` other backends and older torch raise with "out of memory")."""
+    import torch
+
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(error, oom):
+        return True
+    return isinstance(error, RuntimeError | MemoryError) and "out of memory" in str(error).lower()

@@ -145,6 +145,7 @@ def _shrink_source(source: dict, rows: int) -> None:
         corrupt["max_new_tokens"] = min(
             corrupt.get("max_new_tokens", SMOKE_NEW_TOKENS), SMOKE_NEW_TOKENS
         )
+        corrupt["over_budget"] = "keep"  # a random stand-in model never ends an answer
         source["corrupt"] = corrupt
 
 
@@ -214,6 +215,10 @@ def smoke_overrides(data: dict) -> dict:
     evaluate = data.setdefault("eval", {})
     evaluate["max_questions"] = 2 * smoke.rows
     evaluate["generation_max_new_tokens"] = SMOKE_NEW_TOKENS
+    samples = data.setdefault("generation", {}).setdefault("samples", {})
+    samples["max_new_tokens"] = min(
+        samples.get("max_new_tokens", SMOKE_NEW_TOKENS), SMOKE_NEW_TOKENS
+    )
     rag = data.setdefault("rag", {})
     rag["ablation_ks"] = rag.get("ablation_ks", [1, 3, 5])[:1]
     rag["ablation_chunk_tokens"] = rag.get("ablation_chunk_tokens", [64, 200])[:1]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.parallel import ALONE, Processes
+from tutorlm.hardware import is_out_of_memory
 
 
 class BatchMemoryError(TutorlmError, RuntimeError):
@@ -264,17 +265,6 @@ class Batcher:
                         states = torch.cat([first_hidden[b], hidden[r, : n - 1]])
                     read(NextTokens(logits, states, self.float_head))
                 bar.update(len(batch))
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a device running out of memory (CUDA's own error, or the
-    ``RuntimeError`` other backends and older torch raise with "out of memory")."""
-    import torch
-
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(error, oom):
-        return True
-    return isinstance(error, RuntimeError | MemoryError) and "out of memory" in str(error).lower()
 
 
 def input_device(model):

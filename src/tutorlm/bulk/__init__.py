@@ -29,7 +29,6 @@ texts, while another batch size (or a batch halved on out-of-memory) draws other
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,13 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tutorlm.errors import TutorlmError
-from tutorlm.hardware import DTYPES, device_dtype, generation_dtype, resolve_device
+from tutorlm.hardware import (
+    DTYPES,
+    device_dtype,
+    generation_dtype,
+    is_out_of_memory,
+    resolve_device,
+)
 
 Prompt = list[dict] | str
 """A conversation (``[{"role", "content"}, ...]``, answered through the chat template)
@@ -148,7 +153,7 @@ class Generator(Protocol):
         ...
 
 
-def _budgets(prompts: Sequence, sampling: Sampling, max_new_tokens) -> list[int]:
+def prompt_budgets(prompts: Sequence, sampling: Sampling, max_new_tokens) -> list[int]:
     if max_new_tokens is None:
         return [sampling.max_new_tokens] * len(prompts)
     budgets = [int(n) for n in max_new_tokens]
@@ -164,17 +169,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the first of the ``stop`` strings, and whether one was found."""
     hits = [text.find(s) for s in stop if s in text]
     return (text[: min(hits)], True) if hits else (text, False)
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a device running out of memory (CUDA's own error, or the
-    ``RuntimeError`` other backends and older torch raise with "out of memory")."""
-    import torch
-
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(error, oom):
-        return True
-    return isinstance(error, RuntimeError | MemoryError) and "out of memory" in str(error).lower()
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -262,7 +256,7 @@ class TransformersGenerator:
     ) -> list[Generated]:
         import torch
 
-        budgets = _budgets(prompts, sampling, max_new_tokens)
+        budgets = prompt_budgets(prompts, sampling, max_new_tokens)
         encoded = [self.encode(p, b) for p, b in zip(prompts, budgets, strict=True)]
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[Generated | None] = [None] * len(prompts)
@@ -368,80 +362,6 @@ class _seeded:
             self.fork.__exit__(*exc)
 
 
-def vllm_sampling(sampling: Sampling, max_tokens: int, index: int, eos_token_id) -> dict:
-    """``vllm.SamplingParams`` arguments of one request: greedy at temperature 0, the
-    same end token as transformers, request ``index`` seeded with ``seed + index``.
-
-    ``top_k`` None is vLLM's "all tokens", spelt -1: the value every vLLM release
-    accepts (recent ones also take 0, older ones refuse it).
-    """
-    params = {
-        "n": 1,
-        "max_tokens": max_tokens,
-        "stop": list(sampling.stop) or None,
-        "stop_token_ids": [eos_token_id] if eos_token_id is not None else None,
-    }
-    if sampling.greedy:
-        return {**params, "temperature": 0.0, "top_p": 1.0, "top_k": -1, "seed": None}
-    return {
-        **params,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": sampling.top_k if sampling.top_k is not None else -1,
-        "seed": (sampling.seed or 0) + index,
-    }
-
-
-class VllmGenerator:
-    """vLLM's offline ``LLM`` fed token ids rendered by our chat template.
-
-    Args:
-        llm: a ``vllm.LLM``.
-        tokenizer: the HF tokenizer of the same model, with the chat template.
-        progress: show vLLM's progress bar.
-    """
-
-    def __init__(self, llm, tokenizer, *, progress: bool = True):
-        self.llm = llm
-        self.tokenizer = tokenizer
-        self.progress = progress
-        bos = tokenizer.bos_token_id
-        self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        sampling: Sampling,
-        *,
-        max_new_tokens: Sequence[int] | None = None,
-        desc: str = "generate",
-    ) -> list[Generated]:
-        from vllm import SamplingParams
-
-        budgets = _budgets(prompts, sampling, max_new_tokens)
-        eos = self.tokenizer.eos_token_id
-        requests = [
-            {"prompt_token_ids": encode_prompt(self.tokenizer, p, self.prefix_token_id, None, b)}
-            for p, b in zip(prompts, budgets, strict=True)
-        ]
-        params = [
-            SamplingParams(**vllm_sampling(sampling, budget, index, eos))
-            for index, budget in enumerate(budgets)
-        ]
-        outputs = self.llm.generate(requests, params, use_tqdm=self.progress)
-        if len(outputs) != len(prompts):
-            raise GenerationError(f"vLLM answered {len(outputs)} of {len(prompts)} prompts")
-        results = []
-        for output in outputs:  # vLLM returns them in input order
-            best = output.outputs[0]
-            reason = "length" if best.finish_reason == "length" else "stop"
-            results.append(Generated(best.text, len(best.token_ids), reason))
-        return results
-
-
 def open_generator(
     model,
     *,
@@ -475,12 +395,14 @@ def open_generator(
         if config.backend != "transformers":
             raise GenerationError("vLLM loads its own weights: give it a model spec, not a model")
         loaded, tokenizer = model
-        _template(tokenizer, chat_template)
+        use_chat_template(tokenizer, chat_template)
         return TransformersGenerator(
             loaded, tokenizer, batch_size=config.batch_size, progress=progress
         )
     if config.backend == "vllm":
-        return _open_vllm(model, device, config, chat_template, seed, progress, online)
+        from tutorlm.bulk.vllm_engine import open_vllm
+
+        return open_vllm(model, device, config, chat_template, seed, progress, online)
     from tutorlm.models import load_model
 
     device = resolve_device(device)
@@ -488,55 +410,12 @@ def open_generator(
         generation_dtype(device) if config.dtype == "auto" else device_dtype(config.dtype, device)
     )
     loaded, tokenizer = load_model(model, dtype=dtype, device=device, online=online)
-    _template(tokenizer, chat_template)
+    use_chat_template(tokenizer, chat_template)
     return TransformersGenerator(loaded, tokenizer, batch_size=config.batch_size, progress=progress)
 
 
-def _template(tokenizer, chat_template: str | None) -> None:
+def use_chat_template(tokenizer, chat_template: str | None) -> None:
     if chat_template is not None:
         from tutorlm.templates import apply_template
 
         apply_template(tokenizer, chat_template)
-
-
-def _open_vllm(spec, device, config, chat_template, seed, progress, online) -> VllmGenerator:
-    try:
-        import vllm
-    except ImportError as error:
-        raise GenerationError(
-            f"generation.backend: vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
-            "(or use generation.backend: transformers)"
-        ) from error
-    import torch
-
-    if not torch.cuda.is_available():
-        raise GenerationError(
-            "generation.backend: vllm needs a CUDA GPU and torch sees none here; "
-            "use generation.backend: transformers"
-        )
-    resolved = resolve_device(device)
-    if not re.fullmatch(r"cuda(:0)?", resolved):
-        raise GenerationError(
-            f"generation.backend: vllm runs on the visible GPUs from the first, not on "
-            f"{resolved!r}: choose them with CUDA_VISIBLE_DEVICES and set device: cuda"
-        )
-    from tutorlm.models import load_tokenizer, require_safetensors, resolve_model
-
-    path = resolve_model(spec, online=online)
-    require_safetensors(path)  # and load_format below: vLLM never unpickles weights
-    tokenizer = load_tokenizer(path)
-    _template(tokenizer, chat_template)
-    dtype = generation_dtype(resolved) if config.dtype == "auto" else config.dtype
-    options = {"max_model_len": config.max_model_len} if config.max_model_len else {}
-    llm = vllm.LLM(
-        model=str(path),
-        tokenizer=str(path),
-        tensor_parallel_size=config.tensor_parallel_size,
-        dtype=str(dtype).removeprefix("torch."),
-        seed=seed,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        trust_remote_code=False,
-        load_format="safetensors",
-        **options,
-    )
-    return VllmGenerator(llm, tokenizer, progress=progress)
