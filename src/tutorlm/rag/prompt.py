@@ -6,6 +6,10 @@ in long contexts, so the notes are capped by a token budget of the generator's o
 tokenizer: whole chunks in rank order while they fit, then the next one cut to the
 space left. The system turn asks for citations as ``[1]``, ``[2]``, which
 ``cited_numbers`` reads back so an answer can be shown with the passages it used.
+
+``MODE_PROMPTS`` and ``tutor_messages`` are the one tutor prompt: the data stage
+trains on it, the evaluation asks through it, and the served tutor answers with it,
+so what the model learns is what it is asked.
 """
 
 from __future__ import annotations
@@ -23,6 +27,18 @@ TUTOR_SYSTEM = (
     "You are a patient STEM tutor. Explain clearly and correctly, step by step when it helps."
 )
 DEFAULT_RAG_SYSTEM = f"{TUTOR_SYSTEM} {CITE_INSTRUCTION}"
+MODE_PROMPTS = {
+    "tutor": (
+        "You are a patient STEM tutor. Explain the solution step by step, say why each "
+        "step follows from the previous one, and end with the answer."
+    ),
+    "hint": (
+        "You are a STEM tutor in hint mode. Never give the final answer or the full "
+        "solution. Give one hint, or ask one guiding question, that helps the student "
+        "take the next step on their own."
+    ),
+}
+"""System prompts of the two tutoring modes: ``tutor`` explains, ``hint`` only guides."""
 NOTES_HEADER = "Course notes:\n"
 MIN_PARTIAL_TOKENS = 24
 """A cut chunk shorter than this is left out: a few words out of context mislead."""
@@ -99,6 +115,36 @@ def build_rag_messages(
     system_text = DEFAULT_RAG_SYSTEM if system is None else f"{system.strip()} {CITE_INSTRUCTION}"
     user = f"{context}\n\nQuestion: {question.strip()}"
     return [{"role": "system", "content": system_text}, {"role": "user", "content": user}], sources
+
+
+def tutor_messages(
+    question: str,
+    hits: list[Hit],
+    tokenizer,
+    *,
+    mode: str,
+    budget_tokens: int,
+    system: str | None = None,
+) -> tuple[list[dict], list[Hit]]:
+    """The served tutor's prompt for a single-turn question: the mode's system prompt
+    and the retrieved notes, numbered (what ``Tutor.prepare`` builds for one question).
+
+    Args:
+        question: the student's question.
+        hits: retrieved notes, best first; empty for no retrieval (then the prompt is
+            the system prompt and the bare question).
+        tokenizer: the generator's tokenizer (the notes' budget is counted in it).
+        mode: ``tutor`` or ``hint`` (a key of ``MODE_PROMPTS``).
+        budget_tokens: most tokens the notes block may take.
+        system: a system prompt that replaces the mode's (a client's own).
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    if mode not in MODE_PROMPTS:
+        raise ValueError(f"unknown mode {mode!r}: use one of {sorted(MODE_PROMPTS)}")
+    base = MODE_PROMPTS[mode] if system is None else system
+    return build_rag_messages(question, hits, tokenizer, budget_tokens=budget_tokens, system=base)
 
 
 def cited_numbers(answer: str, n_sources: int) -> list[int]:

@@ -217,7 +217,10 @@ class ReasoningGymReader(Reader):
 
 
 class NotesReader(Reader):
-    """Questions on tutorlm's course notes: ``qa`` lines and ``mcqa`` lines."""
+    """Questions on tutorlm's course notes: ``qa`` lines and ``mcqa`` lines.
+
+    ``unanswerable`` lines (questions the notes do not answer) are skipped here; the
+    tutoring source (``data/sources/tutoring.py``) reads them for its abstain rows."""
 
     shapes = ("qa", "mc")
     _KEYS = {
@@ -257,8 +260,13 @@ class NotesReader(Reader):
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             kind = row.get("kind")
+            if kind == "unanswerable":
+                continue  # no answer to train or test on: the tutoring source's abstain rows
             if kind not in self._KEYS:
-                raise DataError(f"{path}:{number}: field 'kind': expected qa or mcqa, got {kind!r}")
+                raise DataError(
+                    f"{path}:{number}: field 'kind': expected qa, mcqa or unanswerable, "
+                    f"got {kind!r}"
+                )
             missing = [k for k in self._KEYS[kind] if k not in row]
             if missing:
                 raise DataError(f"{path}:{number}: field '{missing[0]}' is missing")
