@@ -11,6 +11,7 @@ from pathlib import Path
 from tutorlm.cli_flags import add_config_flags, add_device_flag, add_online_flag, given, validated
 from tutorlm.commands import Command
 from tutorlm.errors import TutorlmError
+from tutorlm.layout import MODEL_LABELS, RunLayout
 from tutorlm.models import BUNDLED
 from tutorlm.rag.config import RagConfig
 from tutorlm.serve.config import ServeConfig
@@ -20,7 +21,7 @@ API_KEY_ENV = "TUTORLM_API_KEY"
 #: Flags whose short spelling reads better than ``--field-name`` (ServeConfig field ->
 #: option strings); every other field is ``--field-name``.
 _NAMES = {
-    "model_name": ("--name", "--model-name"),
+    "served_name": ("--served-name", "--name"),
     "default_max_tokens": ("--max-tokens", "--default-max-tokens"),
     "request_timeout_s": ("--timeout", "--request-timeout-s"),
     "rag_k": ("--k", "--rag-k"),
@@ -38,12 +39,31 @@ _CHAT_FIELDS = (
 )
 
 
+#: Directory names that say what a folder holds, not which model it is: a model in
+#: one is named after the nearest folder above it with a name of its own.
+GENERIC_DIR_NAMES = frozenset({"merged", "model", "models", "final", "output", "out", "latest"})
+
+
 def served_name(spec: str) -> str:
-    """The model id clients use: a directory's name, the bundled model's name, or the hub id."""
+    """The model id clients use when no ``served_name`` is set.
+
+    A run's trained model (``runs/demo/dpo/merged``) is ``<run>-M2`` (``-M1`` for
+    ``sft/merged``); another directory is named by its own name, or by the nearest
+    folder above it whose name is not generic (``exports/physics/merged`` is
+    ``physics``); the bundled model by its name; a hub id is kept as it is.
+    """
     if spec.startswith("bundled:"):
         return spec.partition(":")[2]
     path = Path(spec).expanduser()
-    return path.resolve().name if path.exists() else spec
+    if not path.exists():
+        return spec
+    path = path.resolve()
+    run = RunLayout(path.parent.parent)
+    for label in MODEL_LABELS[1:]:
+        if Path(run.model(label)) == path:
+            return f"{run.run_dir.name}-{label}"
+    named = next((p for p in (path, *path.parents) if p.name not in GENERIC_DIR_NAMES), path)
+    return named.name or path.name
 
 
 def _positive_int(text: str) -> int:
@@ -116,6 +136,8 @@ class Settings:
     k: int
     budget_tokens: int
     chat_template: str | None
+    name: str
+    """The served model's id (:func:`served_name`, or ``serve.served_name``)."""
     device: str = "auto"
     """``--device``, else the recipe's ``device``, else ``auto`` (``resolve_device``)."""
 
@@ -127,7 +149,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         TutorlmError: a setting out of range, named by its field.
     """
     base, rag, model, rag_dir, template = ServeConfig(), RagConfig(), None, None, None
-    device = "auto"
+    device, run_name = "auto", None
     if args.recipe:
         from tutorlm.recipe import load_recipe
 
@@ -135,6 +157,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         base, rag, template = recipe.serve, recipe.rag, recipe.chat_template
         device = recipe.device
         model = recipe.layout.final_model()
+        label = next(lb for lb in reversed(MODEL_LABELS) if recipe.layout.model(lb) == model)
+        run_name = f"{recipe.name}-{label}"
         index = recipe.layout.index
         rag_dir = str(index) if index.is_dir() else None
     overrides = given(args, "serve")
@@ -143,14 +167,16 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
             base.default_max_tokens, overrides["max_tokens_limit"]
         )
     config = validated(ServeConfig, {**base.model_dump(), **overrides}, "serve settings")
+    served = args.model or model or BUNDLED
     return Settings(
         config=config,
-        model=args.model or model or BUNDLED,
+        model=served,
         rag_dir=args.rag or rag_dir,
         search_mode=given(args, "rag").get("mode", rag.mode),
         k=config.rag_k or rag.k,
         budget_tokens=config.rag_budget_tokens or rag.budget_tokens,
         chat_template=args.chat_template or template,
+        name=config.served_name or (run_name if not args.model else None) or served_name(served),
         device=getattr(args, "device", None) or device,
     )
 
@@ -160,8 +186,7 @@ def build_tutor(args: argparse.Namespace, settings: Settings):
     from tutorlm.serve.tutor import Tutor
     from tutorlm.templates import apply_template
 
-    config = settings.config
-    name = config.model_name or served_name(settings.model)
+    config, name = settings.config, settings.name
     if args.backend:
         from tutorlm.models import load_tokenizer
         from tutorlm.serve.backend import RemoteEngine

@@ -22,9 +22,12 @@ class ServeConfig(BaseModel):
     """Address to bind. Loopback by default; any other address requires an API key."""
     port: int = Field(default=8000, ge=0, le=65535)
     """TCP port (0 picks a free one)."""
-    model_name: str | None = None
-    """The model id clients send and ``/v1/models`` lists; default: the model spec's
-    last path component (``smollm2-135m-instruct`` for the bundled model)."""
+    served_name: str | None = None
+    """The model id clients send, ``/v1/models`` lists, every reply's ``model`` field
+    carries and the page shows. Default: ``<recipe name>-M2`` (or ``-M1``, ``-M0``) for
+    a run's model, a directory's own name (its run's or parent's where the directory
+    is ``merged``, ``model`` ...), the bundled model's or the hub id
+    (``tutorlm.serve.commands.served_name``)."""
     mode: Mode = "tutor"
     """Default tutoring mode: ``tutor`` explains step by step, ``hint`` guides the
     student toward the answer without giving it. A request may pick the other."""

@@ -24,7 +24,7 @@ from tutorlm.serve.config import ServeConfig
 from tutorlm.serve.engine import EngineBusy, EngineError, GenerationRequest
 from tutorlm.serve.guard import check_key
 from tutorlm.serve.schema import ApiError, parse_request
-from tutorlm.serve.tutor import ConversationError, Tutor, citation_records
+from tutorlm.serve.tutor import MODE_PROMPTS, ConversationError, Tutor, citation_records
 
 PAGE_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -92,9 +92,17 @@ async def health_check(tutor: ServedTutor):
 
 
 def _model_card(request: Request) -> dict:
-    started = request.app.state.started
-    name = request.app.state.tutor.name
-    return {"id": name, "object": "model", "created": started, "owned_by": "tutorlm"}
+    """OpenAI's model object, plus tutorlm's ``modes`` and default ``mode`` (so the page
+    starts in the mode the server was started with)."""
+    tutor: Tutor = request.app.state.tutor
+    return {
+        "id": tutor.name,
+        "object": "model",
+        "created": request.app.state.started,
+        "owned_by": "tutorlm",
+        "mode": tutor.mode,
+        "modes": list(MODE_PROMPTS),
+    }
 
 
 @models.get("/v1/models")
