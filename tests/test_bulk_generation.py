@@ -382,3 +382,42 @@ def test_samples_are_answered_with_the_recipes_sampling(tmp_path, monkeypatch):
         "M0": f"{recipe.layout.model('M0')[-2:]} 1",
         "M2": f"{recipe.layout.model('M2')[-2:]} 1",
     }
+
+
+def test_eval_generation_tasks_decode_on_the_recipes_vllm_engine(tiny, tmp_path, monkeypatch):
+    """With ``generation.backend: vllm`` the eval stage's generation task decodes on a
+    generator opened for the model spec; the scorer's own model decodes nothing."""
+    import json
+
+    import tutorlm.bulk
+    from tutorlm.data.formats import write_records
+    from tutorlm.evaluate.config import EvalConfig
+    from tutorlm.evaluate.runner import TaskSpec, run_tasks
+    from tutorlm.evaluate.scorer import Scorer
+
+    path = tmp_path / "gen.jsonl"
+    write_records(path, _sft_records())
+    opened = []
+
+    class Engine:
+        def generate(self, prompts, sampling, *, max_new_tokens=None, desc=""):
+            return [Generated(f"engine {i}", 2, "stop") for i in range(len(prompts))]
+
+    def opener(spec, **options):
+        opened.append((spec, options["config"].backend, options["device"]))
+        return Engine()
+
+    monkeypatch.setattr(tutorlm.bulk, "open_generator", opener)
+    results = run_tasks(
+        "some/model",
+        [TaskSpec("gen", "generation", [path])],
+        EvalConfig(),
+        tmp_path / "out",
+        scorer=Scorer(*tiny),
+        device="cpu",
+        generation=GenerationConfig(backend="vllm"),
+    )
+    assert opened == [("some/model", "vllm", "cpu")]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "generations.gen.jsonl").open()]
+    assert [row["prediction"] for row in rows] == ["engine 0", "engine 1", "engine 2"]
+    assert results["tasks"]["gen"]["n"] == 3

@@ -145,6 +145,7 @@ def run_tasks(
     meta: dict | None = None,
     chat_template: str | None = None,
     device: str = "auto",
+    generation=None,
 ) -> dict:
     """Run task specs with one model; write ``results.json`` and ``results.md`` in ``out_dir``.
 
@@ -162,6 +163,8 @@ def run_tasks(
         chat_template: the recipe's ``chat_template`` (None keeps the model's own).
         device: where ``model_spec`` loads (the recipe's ``device``, see
             ``tutorlm.hardware.process_device``); checked before anything runs.
+        generation: the recipe's ``generation`` block; with ``backend: vllm`` the
+            generation tasks decode on vLLM (``tutorlm.bulk``), the rest on the scorer.
 
     Launched as several processes (``accelerate launch``, ``torchrun``), each loads
     the model on its own device and scores its share of every pass
@@ -227,6 +230,14 @@ def run_tasks(
         results["batch_size"] = scorer.batch_size
     recheck = float32_rechecker(model_spec, scorer) if scorer is not None else None
     single_mcqa = sum(spec.kind == "mcqa" for spec in runnable) == 1
+    generator = None
+    on_vllm = generation is not None and generation.backend != "transformers"
+    if on_vllm and any(spec.kind == "generation" for spec in runnable):
+        from tutorlm.bulk import open_generator
+
+        generator = open_generator(
+            model_spec, config=generation, device=device, chat_template=chat_template, seed=seed
+        )
     for spec in runnable:
         started = time.perf_counter()
         name = (
@@ -244,6 +255,7 @@ def run_tasks(
             predictions_name=name,
             recheck=recheck,
             write=processes.is_main,
+            generator=generator,
         )
         entry["file"] = ", ".join(str(p) for p in spec.paths)
         entry["wall_seconds"] = round(time.perf_counter() - started, 2)
@@ -320,6 +332,7 @@ def run_eval(
         meta={"recipe": recipe.name, "recipe_hash": recipe.hash()},
         chat_template=recipe.chat_template,
         device=recipe.device,
+        generation=recipe.generation,
     )
 
 

@@ -80,10 +80,13 @@ def run_task(
     predictions_name: str,
     recheck=None,
     write: bool = True,
+    generator=None,
 ):
     """Run one task with the ``eval`` settings; returns its results dict and a one-line
     summary. Per-item outputs (predictions, pairs, generations) go to ``out_dir``
-    where ``write`` (the main one of several processes; the others score alike)."""
+    where ``write`` (the main one of several processes; the others score alike).
+    ``generator`` (a :func:`tutorlm.bulk.open_generator` one, e.g. vLLM's) decodes the
+    generation tasks instead of the scorer's model."""
     from tutorlm.data.formats import read_records
 
     def save(path: Path, rows: Sequence[dict]) -> None:
@@ -153,7 +156,10 @@ def run_task(
         records = _limit(read_records(path, "sft").records, settings)
         records = records[: settings.generation_limit] if settings.generation_limit else records
         result = evaluate_generation(
-            scorer, records, max_new_tokens=settings.generation_max_new_tokens
+            scorer,
+            records,
+            max_new_tokens=settings.generation_max_new_tokens,
+            generator=generator,
         )
         save(out_dir / f"generations.{spec.name}.jsonl", result.samples)
         em = "" if result.exact_match is None else f"  exact match {result.exact_match:.3f}"
