@@ -57,6 +57,7 @@ def test_a_recipe_names_its_model_and_a_setting_overrides_it(tmp_path):
     assert settings("--recipe", str(recipe), "--model", str(elsewhere)).name == "physics"
     assert settings("--recipe", str(recipe), "--served-name", "tutor-v1").name == "tutor-v1"
     assert settings("--name", "tutor-v2").name == "tutor-v2"
+    assert settings("--served-name", "tutor-v3", configure=_configure_chat).name == "tutor-v3"
     named = tmp_path / "named.yaml"
     named.write_text(f"name: named\nrun_root: {tmp_path}/runs\nserve: {{served_name: physics}}\n")
     assert settings("--recipe", str(named)).name == "physics"

@@ -30,6 +30,7 @@ _NAMES = {
 
 #: The ServeConfig fields a terminal chat uses (serve takes them all).
 _CHAT_FIELDS = (
+    "served_name",
     "mode",
     "temperature",
     "default_max_tokens",

@@ -24,9 +24,10 @@ class ServeConfig(BaseModel):
     """TCP port (0 picks a free one)."""
     served_name: str | None = None
     """The model id clients send, ``/v1/models`` lists, every reply's ``model`` field
-    carries and the page shows. Default: ``<recipe name>-M2`` (or ``-M1``, ``-M0``) for
-    a run's model, a directory's own name (its run's or parent's where the directory
-    is ``merged``, ``model`` ...), the bundled model's or the hub id
+    carries and the page and chat show. Default: ``<recipe name>-M2`` (or ``-M1``,
+    ``-M0``) when served from a run; else ``<run>-M2`` for a run's ``dpo/merged``, a
+    directory's name (the nearest folder above it for a generic one: ``merged``,
+    ``model`` ...), the bundled model's name or the hub id
     (``tutorlm.serve.commands.served_name``)."""
     mode: Mode = "tutor"
     """Default tutoring mode: ``tutor`` explains step by step, ``hint`` guides the
