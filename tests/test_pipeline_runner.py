@@ -86,3 +86,75 @@ def test_from_and_only(recipe):
 def test_unknown_stage_is_named():
     with pytest.raises(TutorlmError, match="unknown stage 'trian'; stages are: data, train, eval"):
         select_stages(_stages([]), start="trian")
+
+
+def _launched_stages(calls, who: int, together, fail_at: str | None = None):
+    """data and report in the main process alone; train in every process, which (as
+    DDP does) cannot finish until all of them are in it (``together``, a barrier)."""
+
+    def make(name):
+        def run(recipe, state):
+            if name == fail_at:
+                raise RuntimeError(f"{name} broke")
+            if name == "train":
+                together.wait(timeout=10)
+            calls.append((name, who))
+            out = recipe.run_dir / f"{name}.{who}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(name)
+            return StageOutcome(summary=f"made {name}", outputs=[out], content=name)
+
+        return run
+
+    return [
+        Stage("data", make("data"), settings=lambda r: r.seed),
+        Stage(
+            "train", make("train"), settings=lambda r: r.model, after=("data",), every_process=True
+        ),
+        Stage("report", make("report"), settings=lambda r: None, after=("train",)),
+    ]
+
+
+def _launch_two(recipe, fail_at=None):
+    """The pipeline in a main process and a second one, as threads; their results."""
+    import threading
+
+    from tutorlm.pipeline.runner import Launch
+
+    calls, lines, results = [], [], {}
+    together = threading.Barrier(2)
+
+    def process(index):
+        try:
+            results[index] = run_pipeline(
+                recipe,
+                _launched_stages(calls, index, together, fail_at),
+                echo=lines.append,
+                launch=Launch(2, index, "launch-1"),
+                poll_seconds=0.01,
+            )
+        except Exception as error:  # noqa: BLE001 -- the test reads it
+            results[index] = error
+
+    threads = [threading.Thread(target=process, args=(i,)) for i in (1, 0)]  # follower first
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return calls, lines, results
+
+
+def test_launched_processes_share_training_and_leave_the_rest_to_the_main_one(recipe):
+    calls, lines, results = _launch_two(recipe)
+    assert sorted(calls) == [("data", 0), ("report", 0), ("train", 0), ("train", 1)]
+    assert [line.split()[0] for line in lines] == ["data", "train", "report"]  # main prints
+    assert results[0].stages == results[1].stages  # the follower ends on the main's record
+    assert {record["launch"] for record in results[0].stages.values()} == {"launch-1"}
+
+
+def test_a_stage_the_main_process_fails_stops_the_waiting_one(recipe):
+    calls, _, results = _launch_two(recipe, fail_at="data")
+    assert isinstance(results[0], RuntimeError)
+    assert isinstance(results[1], TutorlmError)
+    assert "stage 'data' failed in the main process: RuntimeError: data broke" in str(results[1])
+    assert calls == []

@@ -54,6 +54,9 @@ class StageContract:
         after: stages whose outputs it reads.
         outputs: the files and folders it writes, from the run's layout.
         enabled: whether a recipe (as a resolved dict) asks for this stage.
+        every_process: launched as several processes (``accelerate launch``), every
+            process runs it together (training, evaluation); otherwise the main
+            process runs it alone while the others wait for its result.
     """
 
     name: str
@@ -61,6 +64,7 @@ class StageContract:
     after: tuple[str, ...] = ()
     outputs: Callable[[RunLayout], tuple[Path, ...]] = lambda layout: ()
     enabled: Callable[[Mapping[str, Any]], bool] = lambda recipe: True
+    every_process: bool = False
 
     def settings(self, recipe: Mapping[str, Any]) -> dict[str, Any]:
         """The values of :attr:`reads` in a resolved recipe (``Recipe.to_dict()``)."""
@@ -146,6 +150,7 @@ def _eval(label: str, after: str, enabled) -> StageContract:
         after=(after, "data") if after != "data" else ("data",),
         outputs=lambda layout: (layout.eval_results(label),),
         enabled=enabled,
+        every_process=True,
     )
 
 
@@ -163,6 +168,7 @@ CONTRACTS: dict[str, StageContract] = {
             after=("data",),
             outputs=lambda layout: (layout.merged("sft"),),
             enabled=_sft_on,
+            every_process=True,
         ),
         StageContract(
             "dpo",
@@ -170,6 +176,7 @@ CONTRACTS: dict[str, StageContract] = {
             after=("sft", "data"),
             outputs=lambda layout: (layout.merged("dpo"),),
             enabled=_dpo_on,
+            every_process=True,
         ),
         _eval("M0", "data", lambda recipe: True),
         _eval("M1", "sft", _sft_on),

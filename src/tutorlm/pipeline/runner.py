@@ -8,12 +8,20 @@ the outcome of every finished stage are kept in ``<run_dir>/pipeline.json``
 whose outputs still exist, is skipped; so a run that was interrupted picks up
 at the stage that did not finish, and a changed setting re-runs exactly the
 stages downstream of it.
+
+Under ``accelerate launch`` (several processes), every process walks the same
+stages: those whose contract says ``every_process`` (training, evaluation) run in
+all of them together; the others (data, quantize, rag, samples, report) run in the
+main process alone while the rest wait for ``pipeline.json`` to record them done
+under this launch's token. Waiting on the file, not on a collective barrier, means
+a data build of hours trips no process-group timeout.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +49,39 @@ class StageOutcome:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """This process among those a launcher started, and a token naming the launch.
+
+    The token is drawn by the main process and shared with the others once, at the
+    start; the main process writes it into every stage record it finishes, so the
+    others can tell this launch's result from an earlier run's.
+    """
+
+    count: int = 1
+    index: int = 0
+    token: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    @classmethod
+    def current(cls) -> Launch:
+        from tutorlm.hardware import launched_processes
+
+        count, index, _ = launched_processes()
+        if count == 1:
+            return cls()
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        PartialState()  # joins the launch's process group (training reuses it)
+        token = [f"{time.time_ns()}-{os.getpid()}" if index == 0 else None]
+        broadcast_object_list(token, from_process=0)
+        return cls(count, index, str(token[0]))
+
+
+@dataclass(frozen=True)
 class Stage:
     """One step of a run.
 
@@ -57,6 +98,7 @@ class Stage:
     settings: Callable[[Recipe], Any]
     after: tuple[str, ...] = ()
     enabled: Callable[[Recipe], bool] = lambda recipe: True
+    every_process: bool = False
 
     @classmethod
     def declared(cls, contract: StageContract, run: Callable) -> Stage:
@@ -67,6 +109,7 @@ class Stage:
             settings=lambda recipe: contract.settings(recipe.to_dict()),
             after=contract.after,
             enabled=lambda recipe: contract.enabled(recipe.to_dict()),
+            every_process=contract.every_process,
         )
 
 
@@ -125,17 +168,26 @@ def run_pipeline(
     start: str | None = None,
     only: str | None = None,
     echo: Callable[[str], None] = print,
+    launch: Launch | None = None,
+    poll_seconds: float = 2.0,
 ) -> PipelineState:
     """Run ``stages`` for ``recipe``; print one summary line per stage.
 
     Args:
         start: re-run this stage and every stage after it (``--from``).
         only: run just this stage (``--only``); its inputs must exist.
+        launch: this process's place in a launch (default :meth:`Launch.current`);
+            only the main process writes ``pipeline.json`` and prints.
+        poll_seconds: how often a waiting process reads ``pipeline.json``.
 
     Raises:
         TrainError: before any stage runs, when the settings of the stages to run
             need bitsandbytes and it is not installed.
+        TutorlmError: in a waiting process, when the main one failed the stage.
     """
+    launch = launch or Launch.current()
+    if not launch.is_main:
+        echo = lambda line: None  # noqa: E731 -- the main process reports
     state = PipelineState.load(recipe.layout)
     forced = select_stages(stages, start=start, only=only)
     require_bitsandbytes(recipe, [only] if only is not None else [stage.name for stage in stages])
@@ -157,11 +209,29 @@ def run_pipeline(
         ):
             echo(f"{stage.name:<{width}}  skipped  unchanged since last run: {record['summary']}")
             continue
-        state.stages[stage.name] = {"status": "running", "key": key, "started": time.time()}
-        state.save()
+        if not launch.is_main and not stage.every_process:
+            state = _await_main(recipe.layout, stage.name, key, launch.token, poll_seconds)
+            continue
+        if launch.is_main:
+            state.stages[stage.name] = {"status": "running", "key": key, "started": time.time()}
+            state.save()
         started = time.perf_counter()
-        outcome = stage.run(recipe, state)
+        try:
+            outcome = stage.run(recipe, state)
+        except BaseException as error:
+            if launch.count > 1 and launch.is_main:  # the waiting processes stop too
+                state.stages[stage.name] = {
+                    "status": "failed",
+                    "key": key,
+                    "launch": launch.token,
+                    "error": f"{type(error).__name__}: {error}",
+                }
+                state.save()
+            raise
         seconds = time.perf_counter() - started
+        if not launch.is_main:  # the main process's record (its fingerprint) is the one
+            state = _await_main(recipe.layout, stage.name, key, launch.token, poll_seconds)
+            continue
         state.stages[stage.name] = {
             "status": "done",
             "key": key,
@@ -170,8 +240,27 @@ def run_pipeline(
             "summary": outcome.summary,
             "outputs": [str(p) for p in outcome.outputs],
             "details": outcome.details,
+            **({"launch": launch.token} if launch.count > 1 else {}),
         }
         state.save()
         where = f" -> {outcome.outputs[0]}" if outcome.outputs else ""
         echo(f"{stage.name:<{width}}  done     {seconds:6.1f} s  {outcome.summary}{where}")
     return state
+
+
+def _await_main(
+    layout: RunLayout, name: str, key: str, token: str, poll_seconds: float
+) -> PipelineState:
+    """The run's state once the main process has recorded stage ``name`` done (or
+    failed) under this launch's ``token`` and ``key``."""
+    while True:
+        state = PipelineState.load(layout)
+        record = state.stages.get(name, {})
+        if record.get("launch") == token and record.get("key") == key:
+            if record.get("status") == "done":
+                return state
+            if record.get("status") == "failed":
+                raise TutorlmError(
+                    f"stage '{name}' failed in the main process: {record.get('error')}"
+                )
+        time.sleep(poll_seconds)
