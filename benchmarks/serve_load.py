@@ -140,7 +140,7 @@ def screenshot(url: str, path: str, question: str) -> None:
         page.fill("#question", question)
         page.press("#question", "Enter")
         page.wait_for_selector(".message.assistant[data-state='done']")
-        page.locator(".citations details").first.evaluate("node => node.open = true")
+        page.locator(".sources details").first.evaluate("node => node.open = true")
         height = page.evaluate("document.documentElement.scrollHeight")
         page.set_viewport_size({"width": 900, "height": min(int(height), 1600)})
         page.screenshot(path=path)

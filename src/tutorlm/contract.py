@@ -197,7 +197,7 @@ CONTRACTS: dict[str, StageContract] = {
         ),
         StageContract(
             "samples",
-            reads=(*_BASE, "serve", "generation.samples"),
+            reads=(*_BASE, "generation.samples"),
             after=("dpo", "data"),
             outputs=lambda layout: (layout.samples,),
             enabled=_dpo_on,
