@@ -1,0 +1,532 @@
+"""Tutoring rows: the served tutor's prompt, with replies that cite, abstain, hint or explain.
+
+A tutor is useful when it answers from the notes it is given and says which, says so
+when the notes do not answer, gives a hint instead of the answer in hint mode, and
+shows the steps in tutor mode. Each behaviour is a set of rows asked in exactly the
+served prompt (``tutorlm.rag.prompt.tutor_messages``: the mode's system prompt and the
+notes a real retrieval returns, near misses included):
+
+- ``grounded``: a notes question; the reply is its answer, each sentence citing the
+  retrieved note of the gold section as ``[n]``. Rejected: uncited, or citing a
+  wrong note.
+- ``abstain``: a question the notes do not answer; the reply says so (a few fixed
+  phrasings). Rejected: a fabricated figure "from" a note.
+- ``hint`` (hint mode): a worked problem; the reply is a first step or a guiding
+  question, checked not to hold the final answer. Rejected: the answer given away.
+- ``explain`` (tutor mode): the same kind of problem; the reply is the worked steps
+  ending "The answer is X.". Rejected: a bare answer or a letter.
+
+The notes questions are split by a hash of their id (``notes_split``): training rows
+use the train share, and ``tutor_eval_items`` returns the held-out share, plus hint and
+explain problems drawn with other seeds, in the item format the tutor evaluation reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from tutorlm.data.examples import DataError
+from tutorlm.data.formats import Message, PreferenceRecord, SFTRecord, file_sha256
+from tutorlm.data.sources.base import Reader, package_version
+from tutorlm.data.sources.rg_worked import worked_solution
+from tutorlm.data.tutoring_config import TutoringSource
+
+ABSTAIN_REPLIES = (
+    "The notes I was given do not cover this question, so I cannot answer it from them. "
+    "Please check your textbook or ask your teacher.",
+    "I can't find this in the course notes, and I don't want to guess a figure. "
+    "The notes do not cover it.",
+    "None of these notes answers this question, so I won't make up an answer. "
+    "The notes do not cover it.",
+    "The course notes here do not contain the answer to this question, so I can't tell "
+    "you from them.",
+)
+"""Reference replies of the abstain rows; each says the notes do not cover the question."""
+FABRICATIONS = (
+    "According to note [{n}], the answer is {figure}.",
+    "The answer is {figure} [{n}].",
+    "It is about {figure}, as note [{n}] says.",
+)
+"""Rejected abstain replies: a figure the notes never gave, cited to a note."""
+HINT_OPENERS = ("Here is a first step:", "Start like this:", "Try this first step:")
+HINT_PROMPTS = (
+    "What do you get if you carry on from there?",
+    "Can you take the next step yourself?",
+    "What would you do next?",
+)
+GUIDING_QUESTIONS = {
+    "basic_arithmetic": "Which operation comes first by the order of operations, and what "
+    "does it give?",
+    "chain_sum": "What do the first two numbers give together?",
+    "simple_equations": "What can you do to both sides to get the unknown term on its own?",
+    "gcd": "What is the remainder when you divide the larger number by the smaller one?",
+    "lcm": "What is the greatest common divisor of the numbers, and how does it help?",
+    "prime_factorization": "What is the smallest prime that divides the number?",
+    "fraction_simplification": "Which number divides both the numerator and the denominator?",
+    "simple_geometry": "What do the interior angles of a polygon with this many sides add up to?",
+    "gsm_symbolic": "Which quantity can you work out first from the numbers given?",
+    "champ": "Which smaller case or quantity could you work out first?",
+}
+"""Hints that give no number away: used when a problem's first step would."""
+_SENTENCE_END = re.compile(r"([.!?])(?=\s+[A-Z(]|\s*$)")
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, one space between words, the Unicode minus as "-": how answer strings
+    are compared (a canonical answer in a reply, a final answer in a hint)."""
+    return " ".join(text.replace("\u2212", "-").lower().split())
+
+
+def _value(number: str) -> float | None:
+    try:
+        if "/" in number:
+            top, bottom = number.replace(",", "").split("/")
+            return int(top) / int(bottom)
+        return float(number.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def gives_answer(text: str, final: str) -> bool:
+    """Whether ``text`` states the final answer ``final``.
+
+    A numeric final (``12``, ``-3.5``, ``5/14``) matches any number in the text of equal
+    value (relative tolerance 1e-6); any other final matches as a string, spaces
+    ignored, as whole words ("No" is not in "not"), and so does each of its
+    comma-separated parts ("5/14, or about 35.7%").
+    """
+    target = _value(final.strip()) if _NUMBER.fullmatch(final.strip()) else None
+    if target is not None:
+        values = (_value(found) for found in _NUMBER.findall(text.replace("\u2212", "-")))
+        return any(
+            v is not None and abs(v - target) <= 1e-6 * max(1.0, abs(target)) for v in values
+        )
+    text = normalize_answer(text)
+    for form in {final, *final.split(",")}:
+        letters = normalize_answer(form).replace(" ", "")
+        if letters:  # the form's characters in order, any spaces between, whole words
+            pattern = r"\s*".join(map(re.escape, letters))
+            if re.search(rf"(?<!\w){pattern}(?!\w)", text):
+                return True
+    return False
+
+
+def notes_split(question_id: str, test_share: float) -> str:
+    """``"test"`` for a held-out notes question, else ``"train"``: a hash of its id, so the
+    split is the same on every machine and a new question never moves an old one."""
+    digest = hashlib.sha256(f"tutorlm-notes-split\0{question_id}".encode()).hexdigest()
+    return "test" if int(digest[:8], 16) / 0x1_0000_0000 < test_share else "train"
+
+
+def assets_root(notes: str | None) -> Path:
+    """The folder holding ``notes/`` and ``notes_questions.jsonl`` (bundled by default)."""
+    return Path(notes) if notes else Path(str(resources.files("tutorlm").joinpath("assets")))
+
+
+def load_questions(root: Path) -> dict[str, list[dict]]:
+    """The ``qa`` and ``unanswerable`` lines of ``notes_questions.jsonl``, by kind.
+
+    Raises:
+        DataError: a missing file, bad JSON or a missing field, named by file and line.
+    """
+    path = root / "notes_questions.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (notes questions)")
+    needed = {
+        "qa": ("id", "file", "section", "question", "answer", "canonical", "variants"),
+        "unanswerable": ("id", "question"),
+    }
+    found: dict[str, list[dict]] = {"qa": [], "unanswerable": []}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        kind = row.get("kind")
+        if kind not in needed:
+            continue
+        missing = [key for key in needed[kind] if key not in row]
+        if missing:
+            raise DataError(f"{path}:{number}: field '{missing[0]}' is missing")
+        found[kind].append(row)
+    return found
+
+
+def split_questions(config: TutoringSource, part: str) -> dict[str, list[dict]]:
+    """The ``qa`` and ``unanswerable`` questions of one part (``train`` or ``test``)."""
+    questions = load_questions(assets_root(config.notes))
+    shares = {"qa": config.test_share, "unanswerable": config.abstain_test_share}
+    return {
+        kind: [row for row in rows if notes_split(row["id"], shares[kind]) == part]
+        for kind, rows in questions.items()
+    }
+
+
+def cite(answer: str, number: int) -> str:
+    """``answer`` with ``[number]`` before the end of each sentence."""
+    return _SENTENCE_END.sub(lambda m: f" [{number}]{m.group(1)}", answer.strip())
+
+
+@dataclass
+class Problem:
+    """A problem with a worked solution: its steps (one per line) and its final answer."""
+
+    uid: str
+    question: str
+    steps: list[str]
+    final: str
+    kind: str
+    """The generator's name, or ``champ``."""
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+def worked_problems(config: TutoringSource, seed: int, part: str) -> list[Problem]:
+    """Worked problems for the hint and explain rows of ``part`` (``train`` or ``test``).
+
+    reasoning-gym problems are drawn with a seed of their own per part, and held-out
+    ones that repeat a training question are left out; CHAMP problems are split by a
+    hash of their id, as the notes questions are.
+    """
+    problems = [p for p in _rg_problems(config, seed, part)]
+    if part == "test":
+        seen = {p.question for p in _rg_problems(config, seed, "train")}
+        problems = [p for p in problems if p.question not in seen]
+    return problems + _champ_problems(config, part)
+
+
+def _rg_problems(config: TutoringSource, seed: int, part: str) -> list[Problem]:
+    if not config.generators or not config.per_generator:
+        return []
+    import reasoning_gym
+
+    problems = []
+    for generator in config.generators:
+        data = reasoning_gym.create_dataset(
+            generator,
+            size=config.per_generator,
+            seed=_seed(seed, part, generator),
+            **config.options.get(generator, {}),
+        )
+        for index in range(len(data)):
+            item = data[index]
+            worked = worked_solution(generator, item)
+            gold = str(item["answer"]).strip()
+            if worked is None or data.score_answer(answer=worked[1], entry=item) != 1.0:
+                continue
+            lines = [line.strip() for line in worked[0].splitlines() if line.strip()]
+            uid = f"{generator}-{part}-{index}"
+            problems.append(Problem(uid, item["question"].strip(), lines, gold, generator))
+    return problems
+
+
+def _champ_problems(config: TutoringSource, part: str) -> list[Problem]:
+    if not config.champ:
+        return []
+    from tutorlm.data.sources.bundled import _champ_problems as champ
+
+    chosen = []
+    for pid, problem in sorted(champ().items()):
+        if notes_split(f"champ-{pid}", config.test_share) != part:
+            continue
+        steps = [step.text.strip() for step in problem.solution.steps if step.text.strip()]
+        chosen.append(Problem(pid, problem.text.strip(), steps, problem.answer.strip(), "champ"))
+    return chosen[: config.champ]
+
+
+def hint_reply(problem: Problem, rng: random.Random) -> str | None:
+    """A first step of the solution with a prompt to go on, or the kind's guiding question
+    when that step would give the answer away; None when even that would."""
+    steps = [s for s in problem.steps if not s.endswith(":")]
+    if steps and (steps[0].startswith("Start from") or steps[0] in problem.question):
+        steps = steps[1:]
+    guide = GUIDING_QUESTIONS.get(problem.kind, GUIDING_QUESTIONS["champ"])
+    if steps and len(steps) > 1 and not gives_answer(steps[0], problem.final):
+        reply = f"{rng.choice(HINT_OPENERS)} {steps[0]}\n{rng.choice(HINT_PROMPTS)}"
+    else:
+        reply = guide
+    return None if gives_answer(reply, problem.final) else reply
+
+
+def explain_reply(problem: Problem) -> str:
+    """The worked steps, one per line, ending "The answer is X."."""
+    return "\n".join([*problem.steps, f"The answer is {problem.final}."])
+
+
+class _SpansOnly:
+    """The embedding model's tokenizer without the model: BM25 search needs chunks cut
+    as the served index cuts them, and no vectors (they are zeros here)."""
+
+    dim = 1
+
+    def __init__(self, spec: str):
+        from transformers import AutoTokenizer
+
+        from tutorlm.rag.embed import resolve_embedder_path
+
+        self.name = spec
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_embedder_path(spec))
+
+    def embed(self, texts):
+        import numpy as np
+
+        return np.zeros((len(texts), 1), dtype=np.float32)
+
+    def token_spans(self, text):
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        return [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
+
+
+def _is_gold(hit, row: dict) -> bool:
+    heading = hit.chunk.heading.split(" > ")[-1]
+    return Path(hit.chunk.source).name == row["file"] and heading == row["section"]
+
+
+class TutoringReader(Reader):
+    """Rows of a ``tutoring`` source, already in the record format of its section.
+
+    ``tokenizer`` (the model's, for the notes budget) and ``embedder`` may be set before
+    ``records``; otherwise the tokenizer of ``config.tokenizer`` or ``model`` (the
+    recipe's model, set by the build) is loaded, and the embedding model for dense or
+    hybrid search. ``dropped`` counts the rows left out, by reason.
+    """
+
+    def __init__(self, config: TutoringSource, kind: str, seed: int, section: str):
+        super().__init__(config, kind, seed, section)
+        self.seed = config.seed if config.seed is not None else seed
+        self.model: str | None = None
+        self.tokenizer = None
+        self.embedder = None
+        self.dropped: Counter = Counter()
+
+    @property
+    def format(self) -> str:
+        return self.config.records
+
+    def check(self) -> None:
+        if self.config.records != self.kind:
+            raise DataError(
+                f"source '{self.name}': records: {self.config.records} cannot feed the "
+                f"{self.kind} section"
+            )
+        if self.config.tokenizer is None and self.model is None and self.tokenizer is None:
+            raise DataError(f"source '{self.name}': no tokenizer: set tokenizer (a model spec)")
+        if self.config.chunk_overlap >= self.config.chunk_tokens:
+            raise DataError(f"source '{self.name}': chunk_overlap must be below chunk_tokens")
+        load_questions(assets_root(self.config.notes))
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            from tutorlm.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.config.tokenizer or self.model)
+        return self.tokenizer
+
+    def records(self):
+        """Every record of the source, behaviour by behaviour, in a fixed order."""
+        from tutorlm.rag.config import IndexSettings
+        from tutorlm.rag.index import build_index
+        from tutorlm.rag.retrieve import load_index
+
+        config = self.config
+        embedder = self.embedder
+        if embedder is None:
+            if config.mode == "bm25":
+                embedder = _SpansOnly(config.embedding_model)
+            else:
+                from tutorlm.rag.embed import load_embedder
+
+                embedder = load_embedder(config.embedding_model)
+        settings = IndexSettings(
+            embedding_model=config.embedding_model,
+            chunk_tokens=config.chunk_tokens,
+            chunk_overlap=config.chunk_overlap,
+        )
+        questions = split_questions(config, "train")
+        with tempfile.TemporaryDirectory(prefix="tutorlm-tutoring-") as folder:
+            notes = assets_root(config.notes) / "notes"
+            build_index([notes], folder, settings=settings, embedder=embedder)
+            index = load_index(folder, embedder=embedder)
+            rows = []
+            if "grounded" in config.behaviours:
+                rows += [self._grounded(index, row) for row in questions["qa"]]
+            if "abstain" in config.behaviours:
+                rows += [self._abstain(index, row) for row in questions["unanswerable"]]
+        problems = []
+        if {"hint", "explain"} & set(config.behaviours):
+            problems = worked_problems(config, self.seed, "train")
+        if "hint" in config.behaviours:
+            rows += [self._hint(problem) for problem in problems]
+        if "explain" in config.behaviours:
+            rows += [self._explain(problem) for problem in problems]
+        yield from (row for row in rows if row is not None)
+
+    def _rng(self, *parts) -> random.Random:
+        return random.Random(_seed(self.seed, self.name, *parts))
+
+    def _prompt(self, question: str, hits: list, mode: str):
+        from tutorlm.rag.prompt import tutor_messages
+
+        return tutor_messages(
+            question,
+            hits,
+            self._tokenizer(),
+            mode=mode,
+            budget_tokens=self.config.budget_tokens,
+        )
+
+    def _record(self, uid: str, prompt: list[dict], chosen: str, rejected: str, meta: dict):
+        messages = [Message(**m) for m in prompt]
+        reply = Message(role="assistant", content=chosen)
+        if self.config.records == "sft":
+            return SFTRecord(id=uid, source=self.name, messages=[*messages, reply])
+        return PreferenceRecord(
+            id=uid,
+            source=self.name,
+            prompt=messages,
+            chosen=[reply],
+            rejected=[Message(role="assistant", content=rejected)],
+            meta=meta,
+        )
+
+    def _grounded(self, index, row: dict):
+        from tutorlm.rag.records import Hit
+
+        hits = index.search(row["question"], k=self.config.k, mode=self.config.mode)
+        if not any(_is_gold(hit, row) for hit in hits):
+            if self.config.missing_gold == "drop":
+                self.dropped["gold_not_retrieved"] += 1
+                return None
+            gold_rows = [i for i, c in enumerate(index.chunks) if _is_gold(Hit(c, 0.0), row)]
+            if not gold_rows:
+                raise DataError(f"source '{self.name}': {row['id']}: no chunk of its section")
+            docs, scores = index.bm25.scores(row["question"])
+            score = dict(zip(docs.tolist(), scores.tolist(), strict=True))
+            best = max(gold_rows, key=lambda i: (score.get(i, 0.0), -i))
+            hits = [*hits[: self.config.k - 1], Hit(index.chunks[best], score.get(best, 0.0))]
+            self.dropped["gold_inserted"] += 1  # kept, with the gold chunk put in
+        prompt, sources = self._prompt(row["question"], hits, "tutor")
+        numbers = [n for n, hit in enumerate(sources, start=1) if _is_gold(hit, row)]
+        if not numbers:  # the gold note did not fit the budget
+            self.dropped["gold_over_budget"] += 1
+            return None
+        rng = self._rng("grounded", row["id"])
+        wrong = [n for n in range(1, len(sources) + 1) if n not in numbers]
+        if wrong and rng.random() < 0.5:
+            rejected, defect = cite(row["answer"], rng.choice(wrong)), "wrong_note"
+        else:
+            rejected, defect = row["answer"].strip(), "uncited"
+        meta = {"behaviour": "grounded", "defect": defect, "cited": numbers[0]}
+        chosen = cite(row["answer"], numbers[0])
+        return self._record(f"grounded-{row['id']}", prompt, chosen, rejected, meta)
+
+    def _abstain(self, index, row: dict):
+        hits = index.search(row["question"], k=self.config.k, mode=self.config.mode)
+        prompt, sources = self._prompt(row["question"], hits, "tutor")
+        rng = self._rng("abstain", row["id"])
+        figure = rng.choice([str(rng.randint(11, 1999)), f"{rng.uniform(1, 10):.2f}"])
+        number = rng.randint(1, max(1, len(sources)))
+        rejected = rng.choice(FABRICATIONS).format(n=number, figure=figure)
+        meta = {"behaviour": "abstain", "defect": "fabricated_figure"}
+        return self._record(
+            f"abstain-{row['id']}", prompt, rng.choice(ABSTAIN_REPLIES), rejected, meta
+        )
+
+    def _hint(self, problem: Problem):
+        rng = self._rng("hint", problem.uid)
+        reply = hint_reply(problem, rng)
+        if reply is None:
+            self.dropped["hint_gives_answer"] += 1
+            return None
+        prompt, _ = self._prompt(problem.question, [], "hint")
+        if rng.random() < 0.5:
+            rejected = explain_reply(problem)
+        else:
+            rejected = f"{reply}\nThe answer is {problem.final}."
+        meta = {"behaviour": "hint", "defect": "gives_answer", "final": problem.final}
+        return self._record(f"hint-{problem.uid}", prompt, reply, rejected, meta)
+
+    def _explain(self, problem: Problem):
+        rng = self._rng("explain", problem.uid)
+        prompt, _ = self._prompt(problem.question, [], "tutor")
+        if rng.random() < 0.5:
+            rejected, defect = f"The answer is {problem.final}.", "bare_answer"
+        else:
+            rejected, defect = rng.choice("ABCD"), "letter"
+        meta = {"behaviour": "explain", "defect": defect, "final": problem.final}
+        return self._record(
+            f"explain-{problem.uid}", prompt, explain_reply(problem), rejected, meta
+        )
+
+    def group_namespace(self) -> str:
+        return f"source:{self.name}"
+
+    def fingerprint(self) -> dict:
+        root = assets_root(self.config.notes)
+        files = sorted((root / "notes").glob("*.md")) + [root / "notes_questions.jsonl"]
+        found = {f.name: file_sha256(f) for f in files if f.is_file()}
+        return found | {
+            "tokenizer": self.config.tokenizer or self.model,
+            "reasoning-gym": package_version("reasoning-gym"),
+            "champ-dataset": package_version("champ-dataset"),
+        }
+
+
+def tutor_eval_items(config: TutoringSource | None = None, *, seed: int = 0) -> list[dict]:
+    """The held-out tutoring items, in the format the tutor evaluation reads.
+
+    Each item is ``{"id", "task", "mode", "question", "answer", "variants", "file",
+    "section", "final"}``; ``task`` is ``grounded`` (held-out notes questions: ``answer``
+    is the canonical answer), ``abstain`` (held-out unanswerable questions: ``answer``
+    ""), ``hint`` (hint mode), ``explain`` (tutor mode) or ``free`` (the explain
+    questions, no choices given, to measure letter answers). Pass the training source's
+    config and seed, so that no item was trained on.
+    """
+    config = config or TutoringSource(type="tutoring", name="tutoring")
+    seed = config.seed if config.seed is not None else seed
+    held_out = split_questions(config, "test")
+    items = [
+        _item(f"grounded-{row['id']}", "grounded", "tutor", row["question"],
+              row["canonical"], row["variants"], row["file"], row["section"], None)
+        for row in held_out["qa"]
+    ]  # fmt: skip
+    items += [
+        _item(f"abstain-{row['id']}", "abstain", "tutor", row["question"], "", [], None, None, None)
+        for row in held_out["unanswerable"]
+    ]
+    for problem in worked_problems(config, seed, "test"):
+        for task, mode in (("hint", "hint"), ("explain", "tutor"), ("free", "tutor")):
+            items.append(
+                _item(f"{task}-{problem.uid}", task, mode, problem.question, problem.final,
+                      [], None, None, problem.final)
+            )  # fmt: skip
+    return items
+
+
+def _item(uid, task, mode, question, answer, variants, file, section, final) -> dict:
+    return {
+        "id": uid,
+        "task": task,
+        "mode": mode,
+        "question": question,
+        "answer": answer,
+        "variants": list(variants),
+        "file": file,
+        "section": section,
+        "final": final,
+    }
