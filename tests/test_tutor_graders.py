@@ -34,6 +34,7 @@ from tutorlm.rag.prompt import cited_numbers
         ("Newton’s law", "newton s law"),
         ("$\\frac{1}{2} m v^2$ in \\text{J}", "1/2 m v^2 in j"),
         ("x = −3", "x = -3"),
+        ("Ratio: 3 : 1.", "ratio 3:1"),
         ("g ≈ 9.81 m/s².", "g 9.81 m/s^2"),
     ],
 )
@@ -103,6 +104,8 @@ GRAVITY = ("9.81 m/s^2", [])
         ("g is about 9.8 m/s^2.", GRAVITY, True),  # borderline: rounded, within 1 %
         ("g is about 10 m/s^2.", GRAVITY, False),  # 1.9 % off
         ("See note [9] and [81].", GRAVITY, False),  # citations are not numbers
+        ("They segregate in a 3 : 1 ratio.", ("3:1", []), True),
+        ("About 31 of them.", ("3:1", []), False),  # a ratio is not a number
     ],
 )
 def test_grounded_answer(reply, canonical, passed):

@@ -15,6 +15,7 @@ from tutorlm.bulk import Generated
 from tutorlm.evaluate.tutor import (
     TUTOR_TASKS,
     TutorEvalError,
+    notes_prompt_for,
     predictions_name,
     read_verdicts,
     run_tutor_tasks,
@@ -274,3 +275,31 @@ def test_the_tiny_model_answers_through_the_transformers_generator(tiny_model_di
     row = json.loads((tmp_path / "predictions.tutor-abstention.jsonl").read_text())
     assert row["id"] == "a1" and isinstance(row["reply"], str)
     assert isinstance(row["verdict"], bool) and row["why"]
+
+
+class FakeIndex:
+    """Returns the three notes for any question, and records what it was asked."""
+
+    def __init__(self):
+        self.searches = []
+
+    def search(self, query, k=3, mode="hybrid"):
+        self.searches.append((query, k, mode))
+        return NOTES[:k]
+
+
+def test_notes_prompt_for_is_the_served_tutors_prompt(smollm_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from tutorlm.rag.prompt import tutor_messages
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
+    index = FakeIndex()
+    prompt_for = notes_prompt_for(index, tokenizer, k=2, search_mode="bm25", budget_tokens=256)
+    hint = ITEMS[6]
+    messages, sources = prompt_for(hint)
+    assert index.searches == [(hint["question"], 2, "bm25")]
+    assert (messages, sources) == tutor_messages(
+        hint["question"], NOTES[:2], tokenizer, mode="hint", budget_tokens=256
+    )
+    assert messages != prompt_for({**hint, "mode": "tutor"})[0]  # the mode's own prompt

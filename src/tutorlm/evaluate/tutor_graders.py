@@ -11,10 +11,10 @@ Shared rules:
 
 - **Text** is compared after :func:`normalize`: Unicode NFKC, case folded, minus
   signs and curly quotes made ASCII, LaTeX ``$`` and commands unwrapped, thousands
-  separators dropped, punctuation other than maths (``+ - * / = ^ < > % .``) made a
-  space. An answer matches where its normalised form appears on word boundaries,
-  spaces and ``*`` ignored inside it ("F = m a" and "f=m*a" both contain "F = ma",
-  "F = mass" does not).
+  separators dropped, punctuation other than maths (``+ - * / = ^ < > % .``, and
+  ``:`` between digits, a ratio) made a space. An answer matches where its normalised
+  form appears on word boundaries, spaces and ``*`` ignored inside it ("F = m a" and
+  "f=m*a" both contain "F = ma", "F = mass" does not).
 - **Numbers** (:func:`numbers_in`): ``9.81``, ``-3``, ``1/2`` (no spaces: a
   fraction, so "240/20" reads as 12), ``50%`` (read as 50 and as 0.5), ``3e8``;
   citations ``[n]``, "Step n" and list markers are not numbers of the answer. Two
@@ -58,7 +58,8 @@ _LATEX_COMMAND = re.compile(r"\\([A-Za-z]+)")
 _LATEX_WRAPPERS = ("text", "mathrm", "mathbf", "mathit", "operatorname", "left", "right")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _THIN_THOUSANDS = re.compile(r"(?<=\d)[\u2009\u202f\u00a0](?=\d{3}(?!\d))")
-_NOT_KEPT = re.compile(r"[^\w\s+\-*/=^<>%.]|_")
+_RATIO = re.compile(r"(?<=\d)\s*:\s*(?=\d)")
+_NOT_KEPT = re.compile(r"[^\w\s+\-*/=^<>%.:]|_|(?<!\d):|:(?!\d)")
 _LONE_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")
 
 _CITATION = re.compile(r"\[(\s*\d+(?:\s*(?:,|;|-|–|and)\s*\d+)*\s*)\]")
@@ -96,7 +97,7 @@ def _plain(text: str) -> str:
 def normalize(text: str) -> str:
     """Text as answers are compared: ``"F = m·a."`` -> ``"f = m*a"``, ``"1,000 N"`` ->
     ``"1000 n"``, ``"Newton’s"`` -> ``"newton s"`` (see the module docstring)."""
-    text = _NOT_KEPT.sub(" ", _plain(text).casefold())
+    text = _NOT_KEPT.sub(" ", _RATIO.sub(":", _plain(text).casefold()))  # "3 : 1" is "3:1"
     return " ".join(_LONE_PERIOD.sub(" ", text).split())
 
 
