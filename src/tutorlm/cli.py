@@ -11,6 +11,7 @@ from tutorlm.commands import Command
 from tutorlm.data import commands as data_commands
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate import commands as eval_commands
+from tutorlm.evaluate.judge_command import JUDGE
 from tutorlm.model_commands import ASK, PREPARE
 from tutorlm.pipeline import commands as pipeline_commands
 from tutorlm.pipeline.sweep_commands import SWEEP
@@ -37,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "eval files": eval_commands.EVAL_FILES,
     "eval compare": eval_commands.EVAL_COMPARE,
     "eval rag": eval_commands.EVAL_RAG,
+    "judge": JUDGE,
     "quantize": quantize_commands.QUANTIZE,
     "quantize compare": quantize_commands.COMPARE,
 }
