@@ -104,7 +104,10 @@ def uses_model(outputs: list[Output]) -> bool:
     """Whether the build runs the recipe's model: a ``max_tokens`` rule counts tokens
     through its chat template, a ``corrupt: model`` source generates with it."""
     return any(o.max_tokens for o in outputs) or any(
-        s.corrupt and s.corrupt.method == "model" for o in outputs for s in o.sources
+        (getattr(s, "corrupt", None) and s.corrupt.method == "model")
+        or (s.type == "tutoring" and s.tokenizer is None)  # the model's tokens: notes budget
+        for o in outputs
+        for s in o.sources
     )
 
 
@@ -271,6 +274,7 @@ class _Builder:
             finally:
                 if bar is not None:
                     bar.close()
+            stats.dropped.update(getattr(reader, "dropped", {}))  # rows a reader left out
         else:
             examples = self._examples(output, reader)
             builder = self._record_builder(output, reader)
@@ -416,6 +420,8 @@ def build_data(recipe, *, force: bool = False, progress: bool = True, log=print)
                 )
                 continue
             reader = open_reader(source, output.kind, seed, output.stem)
+            if source.type == "tutoring":  # its notes budget counts the model's tokens
+                reader.model = recipe.model
             output.readers.append(reader)
     outputs = [output for output in outputs if output.readers]
     if not outputs:

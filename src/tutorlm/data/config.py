@@ -24,6 +24,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tutorlm.data import presets
+from tutorlm.data.tutoring_config import TutoringSource
 
 Kind = Literal["sft", "preference", "mcqa"]
 Shape = Literal["auto", "qa", "messages", "pair", "mc", "ranked", "annotated"]
@@ -259,7 +260,13 @@ class NotesSource(_SourceBase):
 
 
 Source = Annotated[
-    HubSource | JsonlSource | MmluSource | ChampSource | ReasoningGymSource | NotesSource,
+    HubSource
+    | JsonlSource
+    | MmluSource
+    | ChampSource
+    | ReasoningGymSource
+    | NotesSource
+    | TutoringSource,
     Field(discriminator="type"),
 ]
 

@@ -15,6 +15,14 @@ TASKS = {
     "reward": "reward accuracy on prefs.test.jsonl against the reference model",
     "generation": "BLEU-4 / ROUGE / exact match of generated answers on generation_file",
     "choice": "HellaSwag-style acc / acc_norm on choice_file",
+    "tutor": "every tutor:* task on the held-out tutoring items, in the served tutor's prompt",
+    "tutor:grounded": "share of notes questions whose reply holds the canonical answer",
+    "tutor:citation_precision": "share of notes replies citing a note, every [n] in the prompt",
+    "tutor:citation_correctness": "share of notes replies citing a note of the gold section",
+    "tutor:abstention": "share of questions the notes do not cover answered by saying so",
+    "tutor:hint_leakage": "share of hint-mode replies that keep the final answer back",
+    "tutor:explanation": "share of tutor-mode replies with >= 2 steps and the right answer",
+    "tutor:letter_collapse": "share of free questions answered by a bare letter (lower is better)",
 }
 
 #: Task kinds that may also run on any ``data.eval_sets`` file, named ``<kind>:<set>``
@@ -88,6 +96,11 @@ class EvalConfig(BaseModel):
     """Longest generated answer, in tokens."""
     generation_limit: int | None = Field(default=None, ge=1)
     """Generate answers for only the first N items (generating is the slowest task)."""
+    tutor_max_new_tokens: int = Field(default=192, ge=1)
+    """Longest reply of the tutor tasks, in tokens (greedy)."""
+    tutor_limit: int | None = Field(default=None, ge=1)
+    """Ask only the first N held-out items of each tutor item kind (grounded, abstain,
+    hint, explain, free); None asks them all."""
     choice_file: str | None = None
     """JSONL of ``{context, endings, label}`` items for the ``choice`` task."""
 

@@ -94,7 +94,20 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
     layout = recipe.layout
     build = f"tutorlm data build {recipe.source_path or 'RECIPE'}"
     specs = []
+    from tutorlm.evaluate.tutor import TUTOR_TASKS
+
+    tutor = [name for name in names if name in TUTOR_TASKS]
+    if tutor:
+        from tutorlm.data.sources.tutoring import assets_root
+
+        # one pass of generation grades every tutor metric asked for
+        source = recipe_tutoring_source(recipe)
+        notes = assets_root(source.notes) / "notes"
+        specs.append(TaskSpec("tutor", "tutor", [notes], "set the tutoring source's notes",
+                              tasks=tuple(tutor), source=source))  # fmt: skip
     for name in names:
+        if name in TUTOR_TASKS:
+            continue
         if name == "mmlu_stem":
             specs.append(TaskSpec(name, "mcqa", [layout.data("mmlu_stem.jsonl")], build))
         elif name == "mcqa_test":
@@ -117,11 +130,27 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
     return specs
 
 
+def recipe_tutoring_source(recipe):
+    """The recipe's ``tutoring`` data source (the first, SFT before preferences): the
+    tutor tasks hold out what it trains on and retrieve as it does. A recipe without
+    one gets the defaults (the bundled notes and their split)."""
+    from tutorlm.data.tutoring_config import TutoringSource
+
+    for section in (recipe.data.sft, recipe.data.prefs):
+        for source in section.sources if section is not None else ():
+            if isinstance(source, TutoringSource):
+                return source
+    return TutoringSource(type="tutoring", name="tutoring")
+
+
 def missing_input(spec: TaskSpec) -> str | None:
     if not spec.paths:
         return f"{spec.name}: no input file configured ({spec.hint})"
     for path in spec.paths:
-        if spec.kind == "perplexity" and path.is_dir():
+        if spec.kind == "tutor":
+            if not path.is_dir() or not any(path.glob("*.md")):
+                return f"{spec.name}: {path} holds no notes (.md); {spec.hint}"
+        elif spec.kind == "perplexity" and path.is_dir():
             if not any(p.suffix in (".md", ".txt") for p in path.iterdir()):
                 return f"{spec.name}: {path} holds no .md or .txt file"
         elif not path.is_file():
@@ -257,6 +286,11 @@ def run_tasks(
             write=processes.is_main,
             generator=generator,
         )
+        if spec.kind == "tutor":  # one generation pass, one entry per metric
+            results["tasks"].update(entry["tasks"])
+            results["skipped"].update(entry["skipped"])
+            echo(f"tutor ({round(time.perf_counter() - started, 1)} s)\n  {line}")
+            continue
         entry["file"] = ", ".join(str(p) for p in spec.paths)
         entry["wall_seconds"] = round(time.perf_counter() - started, 2)
         results["tasks"][spec.name] = entry

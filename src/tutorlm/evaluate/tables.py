@@ -52,6 +52,8 @@ def task_metrics(name: str, entry: dict) -> list[tuple[str, str]]:
         if entry.get("exact_match") is not None:
             cells.append(("exact match", f"{entry['exact_match']:.3f}"))
         return cells
+    if kind == "tutor":
+        return [(f"{name} rate", _interval(entry["rate"]))]
     return []
 
 
@@ -65,6 +67,8 @@ def _detail(entry: dict) -> str:
         return f"beta {entry['beta']}, margin {entry['mean_margin']:.4f}" + (
             f"; {entry['warning']}" if entry.get("warning") else ""
         )
+    if kind == "tutor":
+        return f"{entry['count']}/{entry['n']} {entry['counts']} ({entry['better']} is better)"
     return ""
 
 

@@ -19,9 +19,11 @@ class TaskSpec:
     """One task to run: its name in results, its kind, and its input files."""
 
     name: str
-    kind: str  # mcqa | perplexity | reward | generation | choice
+    kind: str  # mcqa | perplexity | reward | generation | choice | tutor
     paths: list[Path] = field(default_factory=list)
     hint: str = ""  # how to build a missing file
+    tasks: tuple[str, ...] = ()  # kind tutor: the tutor:* metrics asked for
+    source: object = None  # kind tutor: the recipe's tutoring source (its split, retrieval)
 
 
 def _limit(items: list, settings: EvalConfig) -> list:
@@ -178,4 +180,48 @@ def run_task(
             result.to_dict(),
             f"acc {result.accuracy}  acc_norm {result.accuracy_norm}  n={result.accuracy.n}",
         )
+    if spec.kind == "tutor":
+        return _run_tutor(spec, scorer, settings, seed=seed, out_dir=out_dir, write=write)
     raise ValueError(f"unknown task kind {spec.kind!r}")
+
+
+def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, write):
+    """The tutor tasks: held-out tutoring items asked greedily in the served tutor's
+    prompt, over a notes index retrieved as the tutoring source's training rows were."""
+    from tutorlm.data.sources.tutoring import notes_index, tutor_eval_items
+    from tutorlm.evaluate.tutor import notes_prompt_for, run_tutor_tasks, tutor_line
+
+    source = spec.source
+    items = tutor_eval_items(source, seed=seed)
+    if settings.tutor_limit:  # the first N of each item kind
+        seen: dict[str, int] = {}
+        kept = []
+        for item in items:
+            seen[item["task"]] = seen.get(item["task"], 0) + 1
+            if seen[item["task"]] <= settings.tutor_limit:
+                kept.append(item)
+        items = kept
+    with notes_index(source) as index:
+        prompt_for = notes_prompt_for(
+            index,
+            scorer.tokenizer,
+            k=source.k,
+            search_mode=source.mode,
+            budget_tokens=source.budget_tokens,
+        )
+        out = run_tutor_tasks(
+            scorer.model,
+            scorer.tokenizer,
+            items,
+            prompt_for=prompt_for,
+            out_dir=out_dir,
+            tasks=spec.tasks,
+            max_new_tokens=settings.tutor_max_new_tokens,
+            batch_size=scorer.batch_size,
+            seed=seed,
+            resamples=settings.bootstrap_resamples,
+            write=write,
+            progress=scorer.progress,
+        )
+    lines = [tutor_line(name, entry) for name, entry in out["tasks"].items()]
+    return out, "\n  ".join(lines)

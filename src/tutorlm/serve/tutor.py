@@ -14,19 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from tutorlm.errors import TutorlmError
-
-MODE_PROMPTS = {
-    "tutor": (
-        "You are a patient STEM tutor. Explain the solution step by step, say why each "
-        "step follows from the previous one, and end with the answer."
-    ),
-    "hint": (
-        "You are a STEM tutor in hint mode. Never give the final answer or the full "
-        "solution. Give one hint, or ask one guiding question, that helps the student "
-        "take the next step on their own."
-    ),
-}
-"""System prompts of the two tutoring modes: ``tutor`` explains, ``hint`` only guides."""
+from tutorlm.rag.prompt import MODE_PROMPTS  # one prompt for training, eval and serving
 
 
 class ConversationError(TutorlmError, ValueError):

@@ -7,6 +7,7 @@ from tutorlm.data.sources.bundled import ChampReader, MmluReader, NotesReader, R
 from tutorlm.data.sources.hub import HubReader
 from tutorlm.data.sources.hub_presets import PRESETS, HubPreset, load_preset_fixture
 from tutorlm.data.sources.local import JsonlReader
+from tutorlm.data.sources.tutoring import TutoringReader
 
 READERS: dict[str, type[Reader]] = {
     "hub": HubReader,
@@ -15,6 +16,7 @@ READERS: dict[str, type[Reader]] = {
     "champ": ChampReader,
     "reasoning_gym": ReasoningGymReader,
     "notes": NotesReader,
+    "tutoring": TutoringReader,
 }
 
 

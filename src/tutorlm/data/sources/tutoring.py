@@ -29,6 +29,7 @@ import random
 import re
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -297,6 +298,37 @@ def _is_gold(hit, row: dict) -> bool:
     return Path(hit.chunk.source).name == row["file"] and heading == row["section"]
 
 
+@contextmanager
+def notes_index(config: TutoringSource | None = None, *, embedder=None):
+    """The notes of a tutoring source indexed as the served index is (its chunking,
+    its embedding model's tokenizer), in a temporary folder, for the block's length.
+
+    Training rows and the tutor evaluation retrieve through it, so both see the notes
+    the same way. BM25 search needs no embedding model: only its tokenizer is loaded.
+    """
+    from tutorlm.rag.config import IndexSettings
+    from tutorlm.rag.index import build_index
+    from tutorlm.rag.retrieve import load_index
+
+    config = config or TutoringSource(type="tutoring", name="tutoring")
+    if embedder is None:
+        if config.mode == "bm25":
+            embedder = _SpansOnly(config.embedding_model)
+        else:
+            from tutorlm.rag.embed import load_embedder
+
+            embedder = load_embedder(config.embedding_model)
+    settings = IndexSettings(
+        embedding_model=config.embedding_model,
+        chunk_tokens=config.chunk_tokens,
+        chunk_overlap=config.chunk_overlap,
+    )
+    with tempfile.TemporaryDirectory(prefix="tutorlm-tutoring-") as folder:
+        notes = assets_root(config.notes) / "notes"
+        build_index([notes], folder, settings=settings, embedder=embedder)
+        yield load_index(folder, embedder=embedder)
+
+
 class TutoringReader(Reader):
     """Rows of a ``tutoring`` source, already in the record format of its section.
 
@@ -313,6 +345,7 @@ class TutoringReader(Reader):
         self.tokenizer = None
         self.embedder = None
         self.dropped: Counter = Counter()
+        self.gold_inserted = 0
 
     @property
     def format(self) -> str:
@@ -339,29 +372,9 @@ class TutoringReader(Reader):
 
     def records(self):
         """Every record of the source, behaviour by behaviour, in a fixed order."""
-        from tutorlm.rag.config import IndexSettings
-        from tutorlm.rag.index import build_index
-        from tutorlm.rag.retrieve import load_index
-
         config = self.config
-        embedder = self.embedder
-        if embedder is None:
-            if config.mode == "bm25":
-                embedder = _SpansOnly(config.embedding_model)
-            else:
-                from tutorlm.rag.embed import load_embedder
-
-                embedder = load_embedder(config.embedding_model)
-        settings = IndexSettings(
-            embedding_model=config.embedding_model,
-            chunk_tokens=config.chunk_tokens,
-            chunk_overlap=config.chunk_overlap,
-        )
         questions = split_questions(config, "train")
-        with tempfile.TemporaryDirectory(prefix="tutorlm-tutoring-") as folder:
-            notes = assets_root(config.notes) / "notes"
-            build_index([notes], folder, settings=settings, embedder=embedder)
-            index = load_index(folder, embedder=embedder)
+        with notes_index(config, embedder=self.embedder) as index:
             rows = []
             if "grounded" in config.behaviours:
                 rows += [self._grounded(index, row) for row in questions["qa"]]
@@ -419,7 +432,7 @@ class TutoringReader(Reader):
             score = dict(zip(docs.tolist(), scores.tolist(), strict=True))
             best = max(gold_rows, key=lambda i: (score.get(i, 0.0), -i))
             hits = [*hits[: self.config.k - 1], Hit(index.chunks[best], score.get(best, 0.0))]
-            self.dropped["gold_inserted"] += 1  # kept, with the gold chunk put in
+            self.gold_inserted += 1  # kept, with the gold chunk put in (not a drop)
         prompt, sources = self._prompt(row["question"], hits, "tutor")
         numbers = [n for n, hit in enumerate(sources, start=1) if _is_gold(hit, row)]
         if not numbers:  # the gold note did not fit the budget
