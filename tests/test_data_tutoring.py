@@ -15,8 +15,10 @@ from serve_support import ScriptedEngine
 
 from tutorlm.data.sources.tutoring import (
     ABSTAIN_REPLIES,
-    Problem,
     TutoringReader,
+)
+from tutorlm.data.sources.tutoring_items import (
+    Problem,
     assets_root,
     cite,
     explain_reply,

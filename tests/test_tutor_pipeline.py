@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tutorlm.data.build import build_data
-from tutorlm.data.sources.tutoring import split_questions
+from tutorlm.data.sources.tutoring_items import split_questions
 from tutorlm.evaluate.runner import recipe_tasks, recipe_tutoring_source, run_eval
 from tutorlm.recipe import recipe_from_dict
 

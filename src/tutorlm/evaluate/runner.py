@@ -98,7 +98,7 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
 
     tutor = [name for name in names if name in TUTOR_TASKS]
     if tutor:
-        from tutorlm.data.sources.tutoring import assets_root
+        from tutorlm.data.sources.tutoring_items import assets_root
 
         # one pass of generation grades every tutor metric asked for
         source = recipe_tutoring_source(recipe)

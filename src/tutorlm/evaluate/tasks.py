@@ -188,7 +188,8 @@ def run_task(
 def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, write):
     """The tutor tasks: held-out tutoring items asked greedily in the served tutor's
     prompt, over a notes index retrieved as the tutoring source's training rows were."""
-    from tutorlm.data.sources.tutoring import notes_index, tutor_eval_items
+    from tutorlm.data.sources.tutoring import notes_index
+    from tutorlm.data.sources.tutoring_items import tutor_eval_items
     from tutorlm.evaluate.tutor import notes_prompt_for, run_tutor_tasks, tutor_line
 
     source = spec.source
