@@ -157,7 +157,7 @@ def parse_verdict(text: str) -> tuple[str | None, str]:
     verdict. The reason is the first ``Reason:`` line, else "".
     """
     reason_line = _REASON_LINE.search(text or "")
-    reason = reason_line.group(1).strip() if reason_line else ""
+    reason = reason_line.group(1).strip(" \t*_`") if reason_line else ""
     line = _VERDICT_LINE.search(text or "")
     if not line:
         return None, reason
