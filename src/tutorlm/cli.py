@@ -16,6 +16,7 @@ from tutorlm.model_commands import ASK, PREPARE
 from tutorlm.pipeline import commands as pipeline_commands
 from tutorlm.pipeline.sweep_commands import SWEEP
 from tutorlm.quantize import commands as quantize_commands
+from tutorlm.quiz import commands as quiz_commands
 from tutorlm.rag import commands as rag_commands
 from tutorlm.serve import commands as serve_commands
 from tutorlm.train import commands as train_commands
@@ -41,6 +42,8 @@ COMMANDS: dict[str, Command] = {
     "judge": JUDGE,
     "quantize": quantize_commands.QUANTIZE,
     "quantize compare": quantize_commands.COMPARE,
+    "quiz build": quiz_commands.BUILD,
+    "quiz take": quiz_commands.TAKE,
 }
 
 

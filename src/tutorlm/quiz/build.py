@@ -170,6 +170,7 @@ def build_quiz(
         "passed": len(report.kept),
         "pass_rate": round(len(report.kept) / max(len(candidates), 1), 4),
         "dropped": report.reasons,
+        "unparsed": dict(getattr(generator, "unparsed", {}) or {}),
         "written": len(chosen),
         "sections": len({(q.file, q.heading) for q in chosen}),
         "kinds": dict(Counter(q.kind for q in chosen)),
