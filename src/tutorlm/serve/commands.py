@@ -273,6 +273,14 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a non-loopback --host without an API key",
     )
+    parser.add_argument(
+        "--quiz", type=Path, help="serve this quiz (tutorlm quiz build) in the page's quiz tab"
+    )
+    parser.add_argument(
+        "--quiz-results",
+        type=Path,
+        help="save finished quizzes per student in this local SQLite file (with --quiz)",
+    )
 
 
 def exposure_notes(host: str, port: int, api_key: str | None) -> list[str]:
@@ -311,8 +319,21 @@ def _run_serve(args: argparse.Namespace) -> int:
             f"--host {config.host} accepts connections from other machines: set --api-key KEY "
             f"(or ${API_KEY_ENV}), or pass --insecure-no-key if that is really meant"
         )
+    if args.quiz_results and not args.quiz:
+        raise TutorlmError("--quiz-results needs --quiz (the quiz whose results it keeps)")
+    questions = None
+    if args.quiz:
+        from tutorlm.quiz.records import read_quiz
+
+        questions = read_quiz(args.quiz)
     tutor = build_tutor(args, settings)
     app = create_app(tutor, config, api_key=args.api_key)
+    if questions is not None:
+        from tutorlm.serve.routes import attach_quiz
+
+        attach_quiz(app, questions, args.quiz.name, args.quiz_results)
+        saving = f", results saved in {args.quiz_results}" if args.quiz_results else ""
+        print(f"quiz tab: {len(questions)} questions from {args.quiz}{saving}", file=sys.stderr)
     where = f"http://{config.host}:{config.port}"
     notes = (
         f", notes {settings.rag_dir} ({len(tutor.index)} chunks)" if tutor.index is not None else ""

@@ -19,6 +19,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tutorlm.serve.config import ServeConfig
 from tutorlm.serve.engine import EngineBusy, EngineError, GenerationRequest
@@ -29,6 +30,7 @@ from tutorlm.serve.tutor import MODE_PROMPTS, ConversationError, Tutor, citation
 PAGE_FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "quiz.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 PAGE_HEADERS = {
@@ -299,3 +301,107 @@ async def _stream_events(stream, prepared, base: dict, include_usage: bool):
     finally:
         stream.cancel()
     yield _sse("[DONE]")
+
+
+# -- the quiz tab ---------------------------------------------------------------------------
+#
+# ``tutorlm serve --quiz quiz.jsonl``: the page asks the quiz's questions one at a time;
+# each answer is graded here by the quiz's grader (the tutor tasks' rules), and the
+# finished quiz is scored and, with ``--quiz-results``, saved per student in a local
+# SQLite file. The routes sit under /v1/ so that they get the API key, the JSON-only
+# rule and the per-client limit of the guard like every other API route.
+
+quiz = APIRouter()
+
+
+class QuizAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=200)
+    answer: str = Field(max_length=2000)
+
+
+class QuizFinish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    student: str = Field(default="", max_length=100)
+    answers: list[QuizAnswer] = Field(max_length=1000)
+
+
+def attach_quiz(app, questions, name: str, results=None) -> None:
+    """Serve ``questions`` (``tutorlm.quiz.records.Question``) in the page's quiz tab;
+    with ``results`` (a SQLite path) a finished quiz is saved under the student's name."""
+    app.state.quiz = {q.id: q for q in questions}
+    app.state.quiz_name, app.state.quiz_results = name, results
+
+
+def _served_quiz(request: Request) -> dict:
+    questions = getattr(request.app.state, "quiz", None)
+    if not questions:
+        raise ApiError(404, "no quiz is served here (start the server with --quiz FILE)")
+    return questions
+
+
+def _parse(model: type[BaseModel], body: bytes):
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
+
+
+def _question_of(questions: dict, question_id: str):
+    if question_id not in questions:
+        raise ApiError(404, f"no question {question_id!r} in this quiz", param="id")
+    return questions[question_id]
+
+
+@quiz.get("/v1/quiz")
+async def quiz_questions(request: Request):
+    """The quiz's questions, without their answers."""
+    questions = _served_quiz(request)
+    return {
+        "name": request.app.state.quiz_name,
+        "saving": request.app.state.quiz_results is not None,
+        "questions": [
+            {
+                "id": q.id,
+                "kind": q.kind,
+                "question": q.question,
+                "choices": q.choices if q.kind == "mcqa" else [],
+                "file": q.file,
+                "section": q.section,
+            }
+            for q in questions.values()
+        ],
+    }
+
+
+@quiz.post("/v1/quiz/answer")
+async def quiz_answer(request: Request):
+    """One answer graded, with the explanation and its source."""
+    from tutorlm.quiz.grade import grade
+
+    body = _parse(QuizAnswer, await request.body())
+    question = _question_of(_served_quiz(request), body.id)
+    return grade(question, body.answer).to_dict()
+
+
+@quiz.post("/v1/quiz/finish")
+async def quiz_finish(request: Request):
+    """The score and the sections to re-read; saved when the server keeps results."""
+    from tutorlm.quiz.grade import grade, summarize
+    from tutorlm.quiz.store import save_attempt
+
+    body = _parse(QuizFinish, await request.body())
+    questions = _served_quiz(request)
+    graded = [grade(_question_of(questions, a.id), a.answer) for a in body.answers]
+    result = summarize(graded).to_dict() | {"saved": None}
+    results = request.app.state.quiz_results
+    if results is not None and body.student.strip() and graded:
+        name = request.app.state.quiz_name
+        attempt = await asyncio.to_thread(save_attempt, results, body.student, name, graded)
+        result["saved"] = attempt
+    return result
+
+
+chat.include_router(quiz)  # create_app includes ``chat``: the quiz rides on its key check
