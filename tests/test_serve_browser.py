@@ -245,3 +245,78 @@ def test_a_page_on_another_site_cannot_make_a_keyless_server_generate(
         context.close()
     assert "this API accepts only application/json" in answer
     assert engine.requests == []  # nothing was generated
+
+
+# -- the quiz tab ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quiz_server(tiny_model_dir, tmp_path_factory):
+    """A server whose page has a quiz tab: 20 questions built from the bundled notes
+    (keyword vectors, BM25 check), results kept in a SQLite file."""
+    from rag_support import KeywordEmbedder as Keywords
+    from transformers import AutoTokenizer
+
+    from tutorlm.quiz.build import build_quiz
+    from tutorlm.quiz.records import read_quiz
+    from tutorlm.rag import build_index
+    from tutorlm.rag.config import IndexSettings
+    from tutorlm.serve.routes import attach_quiz
+
+    folder = tmp_path_factory.mktemp("quiz-page")
+    build_index(["bundled:notes"], folder / "index", settings=IndexSettings(), embedder=Keywords())
+    build_quiz(folder / "index", folder / "quiz.jsonl", count=20, mode="bm25",
+               embedder=Keywords(), log=lambda _: None)  # fmt: skip
+    questions = read_quiz(folder / "quiz.jsonl")
+    engine = ScriptedEngine(AutoTokenizer.from_pretrained(tiny_model_dir), ["Hi."], name="tiny")
+    app = create_app(Tutor(engine), ServeConfig())
+    attach_quiz(app, questions, "quiz.jsonl", folder / "results.sqlite")
+    with BackgroundServer(app) as running:
+        yield running, questions, folder / "results.sqlite"
+
+
+def test_a_quiz_of_20_questions_is_taken_end_to_end(chromium_browser, quiz_server):
+    """Answer (15 right, 5 wrong), grade, explanation with its source, final score,
+    sections to re-read, and the attempt saved for the student."""
+    from tutorlm.quiz.store import attempts
+
+    running, questions, results = quiz_server
+    assert len(questions) == 20 and {q.kind for q in questions} == {"mcqa", "short", "numeric"}
+    context = chromium_browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(running.url)
+    page.wait_for_selector("#tabs:not([hidden])")
+    page.click("#tab-quiz")
+    assert not page.is_visible("#conversation") and page.is_visible("#quiz")
+    page.fill("#quiz-student", "ada")
+    page.click("#quiz-start")
+    for number, question in enumerate(questions):
+        right = number < 15
+        assert page.inner_text("#quiz-question") == question.question
+        assert page.inner_text("#quiz-progress").startswith(f"Question {number + 1} of 20")
+        if question.kind == "mcqa":
+            assert page.locator("#quiz-choices .choice").all_inner_texts() == question.choices
+            pick = question.answer if right else (question.answer + 1) % 4
+            page.locator('input[name="quiz-choice"]').nth(pick).check()
+        else:
+            page.fill("#quiz-answer", question.answer_text if right else "no idea")
+        page.click("#quiz-submit")
+        page.wait_for_selector("#quiz-card[data-state='graded']")
+        verdict = page.inner_text("#quiz-feedback .verdict")
+        assert verdict == "Right." if right else verdict.startswith("Not quite: the answer is")
+        assert page.inner_text("#quiz-feedback .explanation") == question.explanation
+        assert page.inner_text("#quiz-feedback .source").startswith(f"source: {question.file} ›")
+        page.click("#quiz-next")
+    page.wait_for_selector("#quiz-result:not([hidden])")
+    assert page.inner_text("#quiz-score") == "Score: 15 / 20"
+    missed = []
+    for question in questions[15:]:
+        where = f"Re-read {question.file} › {question.heading.replace(' > ', ' › ')}"
+        if where not in missed:
+            missed.append(where)
+    assert page.locator("#quiz-reread li").all_inner_texts() == missed
+    assert page.inner_text("#quiz-saved") == "saved for ada"
+    context.close()
+    saved = attempts(results, "ada")
+    assert [(a["score"], a["total"]) for a in saved] == [(15, 20)]

@@ -294,6 +294,7 @@ class RuleGenerator:
                 continue
             ranked = self._ranked_values(result, [])
             target = plain_symbol(formula.target)
+            right_side = plain_math(f"${formula.latex}$").split("=", 1)[1].strip()
             given = ", ".join(f"{plain_symbol(s)} = {show_number(v)}" for s, v in values.items())
             at = passage.text.index(formula.latex)
             lead = plain_math(passage.text[: at - 1]).rstrip(" ,:")
@@ -316,8 +317,7 @@ class RuleGenerator:
                     answer=ranked.index(result),
                     formula=formula.latex,
                     values={plain_symbol(s): v for s, v in values.items()},
-                    working=f"{target} = {plain_math('$' + formula.latex + '$').split('=', 1)[1]}"
-                    f" with {given} gives {show_number(result)}.",
+                    working=f"{target} = {right_side} with {given} gives {show_number(result)}.",
                 )
             )
         return made
