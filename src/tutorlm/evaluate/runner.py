@@ -130,6 +130,24 @@ def recipe_tasks(recipe, tasks: Sequence[str] | None = None) -> list[TaskSpec]:
     return specs
 
 
+def decoding_generator(model_spec, scorer, generation=None, *, chat_template=None, seed=0):
+    """What the generating tasks (``generation``, ``tutor``) decode with: vLLM on the
+    model spec when ``generation.backend`` says so, else None (the scorer's own model,
+    in its dtype: batched prompts of hundreds of tokens are compute-bound, where bf16
+    pays on a CPU with bf16 instructions as it does for scoring)."""
+    if generation is None or generation.backend == "transformers":
+        return None
+    from tutorlm.bulk import open_generator
+
+    return open_generator(
+        model_spec,
+        config=generation,
+        device=str(scorer.device),
+        chat_template=chat_template,
+        seed=seed,
+    )
+
+
 def recipe_tutoring_source(recipe):
     """The recipe's ``tutoring`` data source (the first, SFT before preferences): the
     tutor tasks hold out what it trains on and retrieve as it does. A recipe without
@@ -260,12 +278,9 @@ def run_tasks(
     recheck = float32_rechecker(model_spec, scorer) if scorer is not None else None
     single_mcqa = sum(spec.kind == "mcqa" for spec in runnable) == 1
     generator = None
-    on_vllm = generation is not None and generation.backend != "transformers"
-    if on_vllm and any(spec.kind == "generation" for spec in runnable):
-        from tutorlm.bulk import open_generator
-
-        generator = open_generator(
-            model_spec, config=generation, device=device, chat_template=chat_template, seed=seed
+    if scorer is not None and any(spec.kind in ("generation", "tutor") for spec in runnable):
+        generator = decoding_generator(
+            model_spec, scorer, generation, chat_template=chat_template, seed=seed
         )
     for spec in runnable:
         started = time.perf_counter()

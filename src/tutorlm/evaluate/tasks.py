@@ -181,11 +181,13 @@ def run_task(
             f"acc {result.accuracy}  acc_norm {result.accuracy_norm}  n={result.accuracy.n}",
         )
     if spec.kind == "tutor":
-        return _run_tutor(spec, scorer, settings, seed=seed, out_dir=out_dir, write=write)
+        return _run_tutor(
+            spec, scorer, settings, seed=seed, out_dir=out_dir, write=write, generator=generator
+        )
     raise ValueError(f"unknown task kind {spec.kind!r}")
 
 
-def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, write):
+def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, write, generator):
     """The tutor tasks: held-out tutoring items asked greedily in the served tutor's
     prompt, over a notes index retrieved as the tutoring source's training rows were."""
     from tutorlm.data.sources.tutoring import notes_index
@@ -223,6 +225,7 @@ def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, w
             resamples=settings.bootstrap_resamples,
             write=write,
             progress=scorer.progress,
+            generator=generator,
         )
     lines = [tutor_line(name, entry) for name, entry in out["tasks"].items()]
     return out, "\n  ".join(lines)
