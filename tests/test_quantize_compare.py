@@ -403,3 +403,35 @@ def test_baselines_join_unquantized_and_a_missing_one_is_not_measured_with_why(
     table = (out / "compare.md").read_text()
     assert f"| baseline: {small} |" in table
     assert f"- Not measured: baseline {missing}: {missing} does not exist yet" in table
+
+
+def test_quantized_rows_answer_the_tutor_tasks_with_verdicts_per_item(tiny_model_dir, tmp_path):
+    """The tutor tasks in a row: one generation pass, an entry per metric, and each
+    row's per-item verdicts on disk for the paired int8-vs-float comparison."""
+    from tutorlm.quantize.compare import run_quantize_compare
+
+    recipe = recipe_from_dict(
+        {
+            "name": "qt",
+            "run_root": str(tmp_path / "runs"),
+            "model": str(tiny_model_dir),
+            "eval": {"dtype": "float32", "tutor_limit": 1, "tutor_max_new_tokens": 3},
+            "quantize": {
+                "methods": ["int8-packed"],
+                "references": ["float32"],
+                "tasks": ["tutor:grounded", "tutor:hint_leakage"],
+                "new_tokens": 2,
+                "repeats": 1,
+                "isolate": False,
+            },
+        }
+    )
+    out = tmp_path / "cmp"
+    rows = run_quantize_compare(recipe, str(tiny_model_dir), out)
+    assert [row["label"] for row in rows] == ["fp32", "int8-packed"]
+    for row in rows:
+        assert set(row["tasks"]) == {"tutor:grounded", "tutor:hint_leakage"}
+        assert row["tasks"]["tutor:grounded"]["n"] == 1
+        verdicts = out / "rows" / row["label"] / "predictions.tutor-grounded.jsonl"
+        assert len(verdicts.read_text().splitlines()) == 1
+    assert "- Tutor tasks (held-out tutoring items" in (out / "compare.md").read_text()

@@ -65,6 +65,11 @@ def _run_task(task: dict, scorer, job: dict) -> dict:
         update={"max_questions": task.get("limit")}
     )
     spec = TaskSpec(task["name"], task["kind"], [Path(p) for p in task["paths"]])
+    if task["kind"] == "tutor":
+        from tutorlm.data.tutoring_config import TutoringSource
+
+        spec.tasks = tuple(task["metrics"])
+        spec.source = TutoringSource.model_validate(task["source"])
     result, _ = run_task(
         spec,
         scorer,
@@ -131,6 +136,9 @@ def measure_row(job: dict, *, isolated: bool = True) -> dict:
     for task in job.get("tasks", []):
         started = time.perf_counter()
         result = _run_task(task, scorer, job)
+        if task["kind"] == "tutor":  # one generation pass, an entry per metric
+            row["tasks"].update(result["tasks"])
+            continue
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         row["tasks"][task["name"]] = result
     return row

@@ -90,15 +90,16 @@ def resolve_tasks(recipe, out_dir: Path, *, mcqa=None, prefs=None) -> tuple[list
         if problem:
             skipped[spec.name] = problem.removeprefix(f"{spec.name}: ")
             continue
-        tasks.append(
-            {
-                "name": spec.name,
-                "kind": spec.kind,
-                "label": settings.task_labels.get(spec.name, spec.name),
-                "paths": [str(path) for path in spec.paths],
-                "limit": None if spec.kind == "perplexity" else limit,
-            }
-        )
+        task = {
+            "name": spec.name,
+            "kind": spec.kind,
+            "label": settings.task_labels.get(spec.name, spec.name),
+            "paths": [str(path) for path in spec.paths],
+            "limit": None if spec.kind in ("perplexity", "tutor") else limit,
+        }
+        if spec.kind == "tutor":  # its metrics and items, for the row's own process
+            task.update(metrics=list(spec.tasks), source=spec.source.model_dump(mode="json"))
+        tasks.append(task)
     return tasks, skipped
 
 

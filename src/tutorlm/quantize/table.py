@@ -172,6 +172,22 @@ def _task_note(summary: dict, rows: list[dict], task: dict) -> str:
             + (", chat template" if entry.get("chat") else "")
             + "; 95 % bootstrap interval."
         )
+    if task["kind"] == "tutor":
+        cells = []
+        for metric in task.get("metrics", []):
+            rates = [
+                f"{row['label']} {row['tasks'][metric]['rate']['value']:.3f}"
+                for row in rows
+                if metric in row.get("tasks", {})
+            ]
+            if rates:
+                cells.append(f"{metric}: {', '.join(rates)}")
+        return (
+            "- Tutor tasks (held-out tutoring items in the served tutor's prompt, greedy; "
+            "per-item verdicts in each row's `predictions.tutor-*.jsonl`): "
+            + ("; ".join(cells) or "not run")
+            + "."
+        )
     if task["kind"] == "choice":
         return (
             f"- {label}: {entry.get('n', '?')} items from {files}, choice completion "
