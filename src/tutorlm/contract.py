@@ -143,10 +143,21 @@ DPO_KEYS = (
 )
 
 
+_RETRIEVAL = (
+    "rag.k",
+    "rag.mode",
+    "rag.budget_tokens",
+    "rag.chunk_tokens",
+    "rag.chunk_overlap",
+    "rag.embedding_model",
+)
+"""How the served tutor retrieves: tutoring rows (data) and tutor tasks (eval) ask so."""
+
+
 def _eval(label: str, after: str, enabled) -> StageContract:
     return StageContract(
         f"eval-{label.lower()}",
-        reads=(*_BASE, *_EVAL),
+        reads=(*_BASE, *_EVAL, *_RETRIEVAL),
         after=(after, "data") if after != "data" else ("data",),
         outputs=lambda layout: (layout.eval_results(label),),
         enabled=enabled,
@@ -159,7 +170,7 @@ CONTRACTS: dict[str, StageContract] = {
     for contract in (
         StageContract(
             "data",
-            reads=(*_BASE, "data"),
+            reads=(*_BASE, "data", *_RETRIEVAL),
             outputs=lambda layout: (layout.data_manifest,),
         ),
         StageContract(

@@ -131,6 +131,9 @@ def fingerprint(recipe, outputs: list[Output]) -> str:
     if not uses_model(outputs):
         settings.pop("model", None)
         settings.pop("chat_template", None)
+    if not any(s.type == "tutoring" for o in outputs for s in o.sources):
+        for key in [key for key in settings if key.startswith("rag.")]:
+            settings.pop(key)  # only tutoring rows retrieve
     parts = {
         "settings": settings,
         "inputs": {r.name: r.fingerprint() for o in outputs for r in o.readers},
@@ -419,6 +422,8 @@ def build_data(recipe, *, force: bool = False, progress: bool = True, log=print)
                     source.path,
                 )
                 continue
+            if source.type == "tutoring":  # retrieves as the served tutor does
+                source = source.retrieving_as(recipe.rag)
             reader = open_reader(source, output.kind, seed, output.stem)
             if source.type == "tutoring":  # its notes budget counts the model's tokens
                 reader.model = recipe.model

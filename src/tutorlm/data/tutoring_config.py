@@ -68,20 +68,21 @@ class TutoringSource(BaseModel):
     """Generator name -> keyword arguments of its config (difficulty...)."""
     champ: int = Field(default=20, ge=0)
     """CHAMP problems (training share of its hash split) for the hint and explain rows."""
-    k: int = Field(default=3, ge=1)
-    """Notes retrieved per question (the served tutor's ``rag.k``)."""
-    mode: Literal["dense", "bm25", "hybrid"] = "bm25"
-    """Search mode. ``bm25`` needs no embedding model at build time; ``hybrid`` is
-    what the demo serves with."""
-    budget_tokens: int = Field(default=768, ge=32)
-    """Most tokens of the model's tokenizer the notes may take (``rag.budget_tokens``)."""
-    chunk_tokens: int = Field(default=200, ge=16)
-    """Chunk size in embedding-model tokens (``rag.chunk_tokens``): the chunks in a
+    k: int | None = Field(default=None, ge=1)
+    """Notes retrieved per question; None: the recipe's ``rag.k`` (as served)."""
+    mode: Literal["dense", "bm25", "hybrid"] | None = None
+    """Search mode; None: the recipe's ``rag.mode``. ``bm25`` needs no embedding model
+    at build time; ``hybrid`` is what the served tutor uses by default."""
+    budget_tokens: int | None = Field(default=None, ge=32)
+    """Most tokens of the model's tokenizer the notes may take; None: ``rag.budget_tokens``."""
+    chunk_tokens: int | None = Field(default=None, ge=16)
+    """Chunk size in embedding-model tokens; None: ``rag.chunk_tokens``, so the chunks in a
     training prompt are the served index's chunks."""
-    chunk_overlap: int = Field(default=32, ge=0)
-    """Tokens shared by consecutive chunks (``rag.chunk_overlap``)."""
-    embedding_model: str = "bundled:all-minilm-l6-v2"
-    """Whose tokenizer cuts the chunks (and, for dense and hybrid search, who embeds)."""
+    chunk_overlap: int | None = Field(default=None, ge=0)
+    """Tokens shared by consecutive chunks; None: ``rag.chunk_overlap``."""
+    embedding_model: str | None = None
+    """Whose tokenizer cuts the chunks (and, for dense and hybrid search, who embeds);
+    None: ``rag.embedding_model``."""
     missing_gold: Literal["insert", "drop"] = "insert"
     """A grounded question whose retrieval missed its gold section: ``insert`` puts the
     gold section's best chunk in place of the last hit; ``drop`` leaves the question out
@@ -96,3 +97,11 @@ class TutoringSource(BaseModel):
     """Keep exactly this many rows, drawn at random; fewer is an error."""
     to_split: Literal["train", "val", "test"] | None = None
     """Put every row of this source in one split instead of splitting it by ratio."""
+
+    def retrieving_as(self, rag) -> TutoringSource:
+        """This source with its unset retrieval settings taken from a recipe's ``rag``
+        section (or any object with the same fields), so that the rows are asked
+        exactly as the served tutor asks; settings given here stay."""
+        keys = ("k", "mode", "budget_tokens", "chunk_tokens", "chunk_overlap", "embedding_model")
+        unset = {key: getattr(rag, key) for key in keys if getattr(self, key) is None}
+        return self.model_copy(update=unset)

@@ -150,15 +150,16 @@ def decoding_generator(model_spec, scorer, generation=None, *, chat_template=Non
 
 def recipe_tutoring_source(recipe):
     """The recipe's ``tutoring`` data source (the first, SFT before preferences): the
-    tutor tasks hold out what it trains on and retrieve as it does. A recipe without
-    one gets the defaults (the bundled notes and their split)."""
+    tutor tasks hold out what it trains on and retrieve as it does (its retrieval
+    settings, else the recipe's ``rag`` section, as served). A recipe without one
+    gets the defaults (the bundled notes and their split)."""
     from tutorlm.data.tutoring_config import TutoringSource
 
     for section in (recipe.data.sft, recipe.data.prefs):
         for source in section.sources if section is not None else ():
             if isinstance(source, TutoringSource):
-                return source
-    return TutoringSource(type="tutoring", name="tutoring")
+                return source.retrieving_as(recipe.rag)
+    return TutoringSource(type="tutoring", name="tutoring").retrieving_as(recipe.rag)
 
 
 def missing_input(spec: TaskSpec) -> str | None:

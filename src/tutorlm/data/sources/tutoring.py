@@ -95,6 +95,14 @@ def _is_gold(hit, row: dict) -> bool:
     return Path(hit.chunk.source).name == row["file"] and heading == row["section"]
 
 
+def with_retrieval(config: TutoringSource, rag=None) -> TutoringSource:
+    """``config`` with its unset retrieval settings from ``rag`` (a recipe's ``rag``
+    section), else from the ``rag`` defaults: what the served tutor retrieves with."""
+    from tutorlm.rag.config import RagConfig
+
+    return config.retrieving_as(rag or RagConfig())
+
+
 @contextmanager
 def notes_index(config: TutoringSource | None = None, *, embedder=None):
     """The notes of a tutoring source indexed as the served index is (its chunking,
@@ -107,7 +115,7 @@ def notes_index(config: TutoringSource | None = None, *, embedder=None):
     from tutorlm.rag.index import build_index
     from tutorlm.rag.retrieve import load_index
 
-    config = config or TutoringSource(type="tutoring", name="tutoring")
+    config = with_retrieval(config or TutoringSource(type="tutoring", name="tutoring"))
     if embedder is None:
         if config.mode == "bm25":
             embedder = _SpansOnly(config.embedding_model)
@@ -136,7 +144,7 @@ class TutoringReader(Reader):
     """
 
     def __init__(self, config: TutoringSource, kind: str, seed: int, section: str):
-        super().__init__(config, kind, seed, section)
+        super().__init__(with_retrieval(config), kind, seed, section)
         self.seed = config.seed if config.seed is not None else seed
         self.model: str | None = None
         self.tokenizer = None
@@ -290,7 +298,10 @@ class TutoringReader(Reader):
         root = assets_root(self.config.notes)
         files = sorted((root / "notes").glob("*.md")) + [root / "notes_questions.jsonl"]
         found = {f.name: file_sha256(f) for f in files if f.is_file()}
+        retrieval = ("k", "mode", "budget_tokens", "chunk_tokens", "chunk_overlap")
         return found | {
+            "retrieval": {key: getattr(self.config, key) for key in retrieval},
+            "embedding_model": self.config.embedding_model,
             "tokenizer": self.config.tokenizer or self.model,
             "reasoning-gym": package_version("reasoning-gym"),
             "champ-dataset": package_version("champ-dataset"),
