@@ -70,12 +70,11 @@ def test_the_bundled_notes_give_the_issues_targets(built):
     assert set(manifest["kinds"]) == {"mcqa", "short", "numeric"}
     assert manifest["balance"]["balanced"] is True
     assert json.loads(manifest_path(out).read_text())["written"] == len(questions)
-    for question in questions:  # every kept question passes every check again
-        assert question.choices[question.answer] in (
-            question.answer_text,
-            question.choices[question.answer],
-        )
-        assert question.passage.strip() and question.explanation.startswith("The notes (")
+    for question in questions:  # the written answer is graded right, the others wrong
+        assert grade(question, question.answer_text).correct, question.id
+        assert question.explanation.startswith(f"The notes ({question.file}, ")
+        wrong = [c for n, c in enumerate(question.choices) if n != question.answer]
+        assert not any(grade(question, choice).correct for choice in wrong), question.id
 
 
 def test_a_build_is_deterministic_and_count_spreads_over_sections(built, notes_index, tmp_path):
