@@ -204,3 +204,19 @@ def test_answer_ranks_count_shorter_choices_or_smaller_values(built):
     numeric = next(q for q in read_quiz(built[0]) if q.kind == "numeric")
     values = [float(c) for c in numeric.choices]
     assert values == sorted(values) and answer_rank(numeric) == numeric.answer
+
+
+def test_quiz_take_on_the_command_line_saves_the_attempt(built, tmp_path, monkeypatch, capsys):
+    from tutorlm.cli import main
+
+    questions = read_quiz(built[0])
+    asked = [q for q in questions if "physics" in q.file][:2]
+    replies = iter([asked[0].answer_text, "no idea"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(replies))
+    results = tmp_path / "results.sqlite"
+    argv = ["quiz", "take", str(built[0]), "--sections", "physics", "--count", "2"]
+    assert main([*argv, "--student", "ada", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "score: 1/2" in out and f"saved as attempt 1 of ada in {results}" in out
+    assert [(a["score"], a["total"]) for a in attempts(results, "ada")] == [(1, 2)]
+    assert main([*argv, "--student", "ada"]) == 1  # a name without a file is refused

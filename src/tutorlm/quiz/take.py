@@ -51,7 +51,7 @@ def show_summary(summary: Summary) -> str:
 
 def take_quiz(
     questions: Sequence[Question],
-    ask: Callable[[str], str] = input,
+    ask: Callable[[str], str] | None = None,
     say: Callable[[str], None] = print,
 ) -> list[Graded]:
     """Ask every question, grade each reply, and say the verdict and the summary.
@@ -59,6 +59,7 @@ def take_quiz(
     ``ask`` and ``say`` are ``input`` and ``print`` in the terminal; tests script them.
     End of input (Ctrl-D) ends the quiz early, with the questions answered so far.
     """
+    ask = ask or input  # looked up now, so that a replaced ``input`` is the one asked
     graded: list[Graded] = []
     for number, question in enumerate(questions, start=1):
         say(show_question(question, number, len(questions)))
