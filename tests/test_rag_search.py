@@ -120,6 +120,17 @@ def test_hybrid_search_fuses_dense_and_bm25(index):
     assert len(index.search("alpha", k=50)) == len(DOCS)  # never more hits than chunks
 
 
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_searching_many_queries_at_once_finds_what_one_at_a_time_finds(index, mode):
+    queries = ["apple", "banana", "cherry pie", "apple"]
+    many = index.search_many(queries, k=2, mode=mode)
+    alone = [index.search(query, k=2, mode=mode) for query in queries]
+    assert [[(ids([h])[0], h.score) for h in hits] for hits in many] == [
+        [(ids([h])[0], h.score) for h in hits] for hits in alone
+    ]
+    assert index.search_many([], k=2, mode=mode) == []
+
+
 def test_search_rejects_bad_arguments(index):
     with pytest.raises(ValueError, match="mode must be one of"):
         index.search("alpha", mode="sparse")

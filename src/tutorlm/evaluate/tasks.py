@@ -211,6 +211,7 @@ def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, w
             k=source.k,
             search_mode=source.mode,
             budget_tokens=source.budget_tokens,
+            items=items,
         )
         out = run_tutor_tasks(
             scorer.model,

@@ -174,15 +174,27 @@ def check_items(items: Sequence[dict]) -> None:
         seen.add(item["id"])
 
 
-def notes_prompt_for(index, tokenizer, *, k: int = 3, search_mode="hybrid", budget_tokens=768):
+def notes_prompt_for(
+    index, tokenizer, *, k: int = 3, search_mode="hybrid", budget_tokens=768, items=()
+):
     """``prompt_for(item)``: the served tutor's prompt for an item, i.e. the notes
     ``index`` retrieves for its question and ``tutorlm.rag.prompt.tutor_messages`` in the
     item's mode (``k``, ``search_mode`` and ``budget_tokens`` as the server's: the
-    recipe's ``rag`` section)."""
+    recipe's ``rag`` section). The questions of ``items`` are searched up front, their
+    embeddings in one batch."""
     from tutorlm.rag.prompt import tutor_messages
 
+    questions = list(dict.fromkeys(item["question"] for item in items))
+    found = (
+        dict(zip(questions, index.search_many(questions, k=k, mode=search_mode), strict=True))
+        if questions
+        else {}
+    )
+
     def prompt_for(item: dict) -> tuple[list[dict], list]:
-        hits = index.search(item["question"], k=k, mode=search_mode)
+        hits = found.get(item["question"])
+        if hits is None:
+            hits = index.search(item["question"], k=k, mode=search_mode)
         return tutor_messages(
             item["question"], hits, tokenizer, mode=item["mode"], budget_tokens=budget_tokens
         )

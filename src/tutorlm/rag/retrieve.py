@@ -108,6 +108,29 @@ class Index:
             )
         return [Hit(self.chunks[row], score) for row, score in ranked]
 
+    def search_many(
+        self, queries: Sequence[str], k: int = 3, mode: SearchMode = "hybrid"
+    ) -> list[list[Hit]]:
+        """:meth:`search` for many queries, their embeddings computed in one batch (a
+        data build or an evaluation asks hundreds of questions: one model call each
+        would cost a forward pass of overhead per question)."""
+        if mode == "bm25" or not queries:
+            return [self.search(query, k, mode) for query in queries]
+        vectors = self.embedder.embed(list(queries))
+        if vectors.shape[1] != self.dense.d:
+            self.embed_query(queries[0])  # raises the dimension error
+        results = []
+        for query, vector in zip(queries, vectors, strict=True):
+            if mode == "dense":
+                ranked = self.dense_top(vector[None, :], k)
+            else:
+                depth = max(k, FUSION_DEPTH)
+                ranked = fuse(
+                    [self.dense_top(vector[None, :], depth), self.bm25.top(query, depth)], k
+                )
+            results.append([Hit(self.chunks[row], score) for row, score in ranked])
+        return results
+
     def dense_top(self, query_vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """``(row, cosine)`` of the ``k`` nearest chunks to a unit query vector."""
         scores, rows = _single_threaded(self.dense.search, np.asarray(query_vector, np.float32), k)

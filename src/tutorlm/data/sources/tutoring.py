@@ -181,10 +181,16 @@ class TutoringReader(Reader):
         questions = split_questions(config, "train")
         with notes_index(config, embedder=self.embedder) as index:
             rows = []
-            if "grounded" in config.behaviours:
-                rows += [self._grounded(index, row) for row in questions["qa"]]
-            if "abstain" in config.behaviours:
-                rows += [self._abstain(index, row) for row in questions["unanswerable"]]
+            for behaviour, kind, make in (
+                ("grounded", "qa", self._grounded),
+                ("abstain", "unanswerable", self._abstain),
+            ):
+                if behaviour in config.behaviours:
+                    asked = questions[kind]
+                    found = index.search_many(
+                        [row["question"] for row in asked], k=config.k, mode=config.mode
+                    )
+                    rows += [make(index, row, hits) for row, hits in zip(asked, found, strict=True)]
         problems = []
         if {"hint", "explain"} & set(config.behaviours):
             problems = worked_problems(config, self.seed, "train")
@@ -222,10 +228,9 @@ class TutoringReader(Reader):
             meta=meta,
         )
 
-    def _grounded(self, index, row: dict):
+    def _grounded(self, index, row: dict, hits: list):
         from tutorlm.rag.records import Hit
 
-        hits = index.search(row["question"], k=self.config.k, mode=self.config.mode)
         if not any(_is_gold(hit, row) for hit in hits):
             if self.config.missing_gold == "drop":
                 self.dropped["gold_not_retrieved"] += 1
@@ -253,8 +258,7 @@ class TutoringReader(Reader):
         chosen = cite(row["answer"], numbers[0])
         return self._record(f"grounded-{row['id']}", prompt, chosen, rejected, meta)
 
-    def _abstain(self, index, row: dict):
-        hits = index.search(row["question"], k=self.config.k, mode=self.config.mode)
+    def _abstain(self, index, row: dict, hits: list):
         prompt, sources = self._prompt(row["question"], hits, "tutor")
         rng = self._rng("abstain", row["id"])
         figure = rng.choice([str(rng.randint(11, 1999)), f"{rng.uniform(1, 10):.2f}"])
