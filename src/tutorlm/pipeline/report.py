@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tutorlm.layout import MODEL_LABELS, tutor_commands
 from tutorlm.pipeline.runner import PipelineState
+from tutorlm.pipeline.tutor_report import tutor_section
 from tutorlm.recipe import Recipe
 from tutorlm.report.document import Figure, Section, markdown_table, write_report
 from tutorlm.report.plots import plot_training_curves, read_metrics
@@ -121,6 +122,10 @@ def _evaluation(recipe: Recipe) -> Section:
             labels.append(f"{label} ({'base' if label == 'M0' else 'trained'})")
     if not found:
         return Section("Evaluation", _missing("evaluation results", "eval-m*"))
+    for results in found:  # the tutor tasks have a section of their own
+        results["tasks"] = {
+            name: entry for name, entry in results["tasks"].items() if entry.get("kind") != "tutor"
+        }
     text = (
         "Every accuracy with its bootstrap 95 % interval; definitions in `docs/evaluate.md`.\n\n"
         + compare_markdown(found, [label.split()[0] for label in labels])
@@ -175,6 +180,7 @@ def build_run_report(recipe: Recipe, state: PipelineState) -> tuple[Path, Path]:
         _data(recipe),
         _training(recipe),
         _evaluation(recipe),
+        *filter(None, [tutor_section(recipe)]),
         _file_section(
             "Quantization",
             layout.quantize_table,
