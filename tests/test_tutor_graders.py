@@ -1,8 +1,8 @@
 """The tutor graders' verdicts on hand-written replies: right, wrong and borderline.
 
 Each table row is a reply a person has judged; the grader must agree. The borderline
-rows pin the documented decisions (docs/tutor_eval.md), so changing a rule means
-changing a row here on purpose.
+rows pin the documented decisions (docs/evaluate.md, "Tutor tasks"), so changing a
+rule means changing a row here on purpose.
 """
 
 from __future__ import annotations

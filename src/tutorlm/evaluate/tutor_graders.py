@@ -2,8 +2,8 @@
 
 A grader reads one reply (and what the item knows: canonical answer, variants, the
 question, the notes in the prompt) and says whether the reply counts, with a short
-reason a person can check against the reply (``docs/tutor_eval.md`` has the rules
-with replies that pass and fail). The rules are deliberately plain string and
+reason a person can check against the reply (``docs/evaluate.md``, "Tutor tasks", has
+the rules with replies that pass and fail). The rules are deliberately plain string and
 number rules, not a judge model: a 135M tutor's replies are short, and a rule that
 can be read is a rule whose mistakes can be audited in the predictions files.
 
