@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tutorlm.errors import TutorlmError
@@ -268,3 +269,38 @@ def is_out_of_memory(error: BaseException) -> bool:
     if oom is not None and isinstance(error, oom):
         return True
     return isinstance(error, RuntimeError | MemoryError) and "out of memory" in str(error).lower()
+
+
+def halving_batches(owner, items, forward, *, alone: Callable[[BaseException], Exception]):
+    """``(batch, forward(batch))`` over consecutive batches of ``items``, of
+    ``owner.batch_size`` each, halving ``owner.batch_size`` on out-of-memory.
+
+    The batch size that fits cannot be known before the first pass (it depends on the
+    longest input, which callers put first), so, as lm-evaluation-harness and
+    accelerate's ``find_executable_batch_size`` do, a batch that runs out of memory is
+    retried at half the size, down to 1; the smaller size stays for the rest of the run
+    (inputs only get shorter). Only ``forward`` is retried: a caller reads a batch's
+    results after it succeeded, so nothing is counted twice. Scoring
+    (``evaluate.batches.Batcher``) and bulk generation (``tutorlm.bulk``) batch this way.
+
+    Raises:
+        ``alone(error)``: one input alone does not fit.
+    """
+    first = 0
+    while first < len(items):
+        batch = items[first : first + owner.batch_size]
+        try:
+            outputs = forward(batch)
+        except (RuntimeError, MemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if owner.batch_size == 1:
+                raise alone(error) from error
+            owner.batch_size = max(1, owner.batch_size // 2)
+            continue
+        yield batch, outputs
+        first += len(batch)

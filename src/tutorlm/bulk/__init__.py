@@ -41,7 +41,7 @@ from tutorlm.hardware import (
     DTYPES,
     device_dtype,
     generation_dtype,
-    is_out_of_memory,
+    halving_batches,
     resolve_device,
 )
 
@@ -300,30 +300,14 @@ class TransformersGenerator:
         Raises:
             GenerationError: one prompt alone does not fit.
         """
-        first = 0
-        while first < len(items):
-            batch = items[first : first + self.batch_size]
-            try:
-                outputs = forward(batch)
-            except (RuntimeError, MemoryError) as error:
-                if not is_out_of_memory(error):
-                    raise
-                self._halve(error)
-                continue
-            yield batch, outputs
-            first += len(batch)
 
-    def _halve(self, error: BaseException) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if self.batch_size == 1:
-            raise GenerationError(
+        def alone(error: BaseException) -> GenerationError:
+            return GenerationError(
                 f"out of memory generating for one prompt alone on {self.device} ({error}); "
                 "lower the new tokens, use a smaller dtype, or run on a device with more memory"
-            ) from error
-        self.batch_size = max(1, self.batch_size // 2)
+            )
+
+        yield from halving_batches(self, items, forward, alone=alone)
 
 
 def encode_prompt(tokenizer, prompt: Prompt, prefix: int, max_length: int | None, budget: int):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tutorlm.errors import TutorlmError
 from tutorlm.evaluate.parallel import ALONE, Processes
-from tutorlm.hardware import is_out_of_memory
+from tutorlm.hardware import halving_batches
 
 
 class BatchMemoryError(TutorlmError, RuntimeError):
@@ -150,31 +150,15 @@ class Batcher:
         Raises:
             BatchMemoryError: one input alone does not fit.
         """
-        first = 0
-        while first < len(items):
-            batch = items[first : first + self.batch_size]
-            try:
-                outputs = forward(batch)
-            except (RuntimeError, MemoryError) as error:
-                if not is_out_of_memory(error):
-                    raise
-                self._halve(error)
-                continue
-            yield batch, outputs
-            first += len(batch)
 
-    def _halve(self, error: BaseException) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if self.batch_size == 1:
-            raise BatchMemoryError(
+        def alone(error: BaseException) -> BatchMemoryError:
+            return BatchMemoryError(
                 f"out of memory on one input alone on {self.device} ({error}); "
                 "lower eval.perplexity_window, the input length or the new tokens, use a "
                 "smaller dtype, or run on a device with more memory"
-            ) from error
-        self.batch_size = max(1, self.batch_size // 2)
+            )
+
+        yield from halving_batches(self, items, forward, alone=alone)
 
     def run(self, jobs: list[Job], bar) -> None:
         """Run jobs longest first in batches of neighbours, handing each its log-probs."""
