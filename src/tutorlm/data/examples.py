@@ -115,3 +115,23 @@ def require_rows(rows: list, rule: str, source: str, before: int) -> list:
     if before and not rows:
         raise DataError(f"source '{source}': rule '{rule}' left 0 of {before} rows")
     return rows
+
+
+def json_lines(path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of each non-empty line of a JSON Lines file.
+
+    Raises:
+        DataError: naming the file and line of a line that is not valid JSON.
+    """
+    import json
+    from pathlib import Path
+
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return rows

@@ -18,7 +18,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from tutorlm.data.examples import DataError, Example, Skip
+from tutorlm.data.examples import DataError, Example, Skip, json_lines
 from tutorlm.data.formats import file_sha256
 from tutorlm.data.sources.base import Reader, package_version
 from tutorlm.data.sources.rg_worked import SUBJECTS, worked_solution
@@ -252,13 +252,7 @@ class NotesReader(Reader):
         if not path.is_file():
             raise DataError(f"source '{self.name}': {path}: no such file (notes questions)")
         rows, sections = [], {}
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        for number, row in json_lines(path):
             kind = row.get("kind")
             if kind == "unanswerable":
                 continue  # no answer to train or test on: the tutoring source's abstain rows

@@ -8,14 +8,13 @@ prompt; :func:`tutor_eval_items` hands the held-out part to ``tutorlm eval``'s t
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tutorlm.data.examples import DataError
+from tutorlm.data.examples import DataError, json_lines
 from tutorlm.data.sources.rg_worked import worked_solution
 from tutorlm.data.tutoring_config import TutoringSource
 
@@ -109,13 +108,7 @@ def load_questions(root: Path) -> dict[str, list[dict]]:
         "unanswerable": ("id", "question"),
     }
     found: dict[str, list[dict]] = {"qa": [], "unanswerable": []}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    for number, row in json_lines(path):
         kind = row.get("kind")
         if kind not in needed:
             continue
