@@ -401,3 +401,26 @@ def test_cli_judge_needs_a_url_or_a_model(tmp_path, capsys):
     a = _write(tmp_path / "a.jsonl", [{"id": "1", "question": "q", "reply": "r"}])
     assert main(["judge", str(a), str(a)]) == 1
     assert "--judge-url" in capsys.readouterr().err
+
+
+def test_a_recipes_judge_compares_m2_with_m0_and_the_report_shows_it(tmp_path):
+    """With ``eval.judge`` set, the M2 evaluation stage judges M2's tutor replies
+    against M0's; the run report carries the judge's table."""
+    from tutorlm.pipeline.report import _judge
+    from tutorlm.pipeline.stages import _judge_m2_against_m0
+    from tutorlm.recipe import recipe_from_dict
+
+    with FakeJudge(picks_right) as fake:
+        recipe = recipe_from_dict(
+            {"name": "j", "run_root": str(tmp_path), "eval": {"judge": {"url": fake.url}}}
+        )
+        for label, marks in (("M2", {"1": True, "2": True}), ("M0", {"1": False, "2": True})):
+            folder = recipe.layout.eval_dir(label)
+            folder.mkdir(parents=True)
+            _write(folder / "predictions.tutor-grounded.jsonl", _tutor_rows(marks, notes=True))
+        _judge_m2_against_m0(recipe)
+        assert len(fake.requests) == 2 * 2
+    written = json.loads((recipe.layout.eval_dir("judge-m2-m0") / "judge.json").read_text())
+    assert written["agreements"][0]["agreement"]["value"] == 1.0
+    section = _judge(recipe)
+    assert section.title == "Judge: M2 against M0" and "M2" in section.markdown

@@ -106,6 +106,9 @@ _BASE = ("model", "chat_template", "seed")
 _LORA = ("train.lora", "train.qlora")
 _EVAL = (
     "eval.tasks",
+    "eval.judge",
+    "eval.tutor_limit",
+    "eval.tutor_max_new_tokens",
     "eval.dtype",
     "eval.recheck_margin",
     "eval.mcqa_method",

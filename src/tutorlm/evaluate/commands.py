@@ -63,9 +63,10 @@ def _add_recipe(parser: argparse.ArgumentParser, *, optional: bool = False) -> N
     )
 
 
-def _settings_group(parser: argparse.ArgumentParser, **kwargs) -> None:
+def _settings_group(parser: argparse.ArgumentParser, *, exclude=()) -> None:
     group = parser.add_argument_group("settings (the eval section of a recipe)")
-    add_config_flags(group, EvalConfig, "eval", names=_NAMES, **kwargs)
+    exclude = (*exclude, "judge")  # a block of its own: `tutorlm judge`, or eval.judge=...
+    add_config_flags(group, EvalConfig, "eval", names=_NAMES, exclude=exclude)
 
 
 def _progress(args: argparse.Namespace) -> bool:

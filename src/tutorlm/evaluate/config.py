@@ -37,6 +37,42 @@ EVAL_SET_KINDS = {
 EVAL_SET_TASK = re.compile(rf"^({'|'.join(EVAL_SET_KINDS)}):([A-Za-z0-9_-]+)$")
 
 
+class JudgeConfig(BaseModel):
+    """Which model judges, where it runs, and how it is asked (``eval.judge`` of a recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    """The judge's model id on the endpoint (None: the first ``GET /v1/models`` lists),
+    or, without ``url``, a local model spec (bundled name, directory, hub id)."""
+    url: str | None = None
+    """The OpenAI-compatible endpoint (``http://host:port`` or ``.../v1``); None: run
+    ``model`` locally through tutorlm's bulk generation (in a pinch: slow, small)."""
+    api_key_env: str | None = None
+    """Environment variable holding the endpoint's API key (sent as a Bearer token);
+    the key itself is never written to a recipe or a record."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Longest wait for one judge reply."""
+    retries: int = Field(default=3, ge=0)
+    """Requests retried after a timeout, a lost connection, 429 or 5xx."""
+    backoff_s: float = Field(default=1.0, ge=0)
+    """Wait before the first retry, doubled before each next one."""
+    concurrency: int = Field(default=4, ge=1)
+    """Judge requests in flight at once."""
+    max_tokens: int = Field(default=96, ge=8)
+    """Longest judge reply: a verdict line and a one-sentence reason."""
+    temperature: float = Field(default=0.0, ge=0)
+    """First ask's temperature (0: greedy, the same verdict every run)."""
+    parse_retries: int = Field(default=2, ge=0)
+    """Asks again when the output has no ``Verdict:`` line it can read."""
+    retry_temperature: float = Field(default=0.7, ge=0)
+    """Temperature of those asks: greedy decoding would write the same output again."""
+    use_reference: bool = True
+    """Show the judge the reference answer when the replies' files carry one."""
+    device: str = "auto"
+    """Local judge only: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+
+
 class EvalConfig(BaseModel):
     """Settings of the evaluation stage."""
 
@@ -98,6 +134,9 @@ class EvalConfig(BaseModel):
     """Generate answers for only the first N items (generating is the slowest task)."""
     tutor_max_new_tokens: int = Field(default=192, ge=1)
     """Longest reply of the tutor tasks, in tokens (greedy)."""
+    judge: JudgeConfig | None = None
+    """A judge model comparing free-form replies pairwise (M2 against M0 on the tutor
+    tasks, after the M2 evaluation); None: no judge (``docs/judge.md``)."""
     tutor_limit: int | None = Field(default=None, ge=1)
     """Ask only the first N held-out items of each tutor item kind (grounded, abstain,
     hint, explain, free); None asks them all."""

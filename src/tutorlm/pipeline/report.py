@@ -133,6 +133,14 @@ def _evaluation(recipe: Recipe) -> Section:
     return Section("Evaluation: M0, M1, M2", text)
 
 
+def _judge(recipe: Recipe) -> Section | None:
+    """The judge's verdicts on M2 against M0, when the recipe configures a judge."""
+    path = recipe.layout.eval_dir("judge-m2-m0") / "judge.md"
+    if not path.is_file():
+        return None
+    return Section("Judge: M2 against M0", path.read_text())
+
+
 def _file_section(title: str, md: Path, png: Path | None, stage: str, caption: str) -> Section:
     if not md.is_file():
         return Section(title, _missing(title.lower(), stage))
@@ -181,6 +189,7 @@ def build_run_report(recipe: Recipe, state: PipelineState) -> tuple[Path, Path]:
         _training(recipe),
         _evaluation(recipe),
         *filter(None, [tutor_section(recipe)]),
+        *filter(None, [_judge(recipe)]),
         _file_section(
             "Quantization",
             layout.quantize_table,

@@ -77,6 +77,8 @@ def _eval_stage(label: str):
         results = run_eval(
             recipe, recipe.layout.model(label), out_dir=recipe.layout.eval_dir(label)
         )
+        if label == "M2" and recipe.eval.judge is not None:
+            _judge_m2_against_m0(recipe)
         shown = []
         for name, entry in results.get("tasks", {}).items():
             value = entry.get("accuracy", {}).get("value") if isinstance(entry, dict) else None
@@ -88,6 +90,23 @@ def _eval_stage(label: str):
         )
 
     return run
+
+
+def _judge_m2_against_m0(recipe: Recipe) -> None:
+    """The configured judge on M2's and M0's replies to the same tutor items (their
+    eval folders), into ``eval/judge-m2-m0``; the report shows its win rate and its
+    agreement with the graders' verdicts."""
+    from tutorlm.evaluate.judge_files import judge_eval_dirs
+
+    layout = recipe.layout
+    judge_eval_dirs(
+        recipe.eval.judge,
+        layout.eval_dir("M2"),
+        layout.eval_dir("M0"),
+        layout.eval_dir("judge-m2-m0"),
+        labels=("M2", "M0"),
+        seed=recipe.seed,
+    )
 
 
 # -- quantization and retrieval -------------------------------------------------------
