@@ -424,3 +424,37 @@ def test_a_recipes_judge_compares_m2_with_m0_and_the_report_shows_it(tmp_path):
     assert written["agreements"][0]["agreement"]["value"] == 1.0
     section = _judge(recipe)
     assert section.title == "Judge: M2 against M0" and "M2" in section.markdown
+
+
+def test_the_rag_stage_judges_answers_with_notes_against_without(tmp_path, tiny_model_dir):
+    """With ``eval.judge`` set, a model answers the held-out notes questions with its
+    retrieved notes and without; the judge compares the two sets and its agreement
+    with the grounded grader is measured on them."""
+    from tutorlm.evaluate.ablations import judge_retrieval
+    from tutorlm.evaluate.scorer import Scorer
+    from tutorlm.pipeline.report import _judge
+    from tutorlm.recipe import recipe_from_dict
+
+    with FakeJudge(always_a) as fake:
+        recipe = recipe_from_dict(
+            {
+                "name": "rj",
+                "run_root": str(tmp_path),
+                "rag": {"mode": "bm25"},
+                "eval": {
+                    "judge": {"url": fake.url},
+                    "tutor_limit": 2,
+                    "tutor_max_new_tokens": 3,
+                    "bootstrap_resamples": 10,
+                },
+            }
+        )
+        scorer = Scorer.from_spec(str(tiny_model_dir), dtype="float32", device="cpu")
+        result = judge_retrieval(recipe, "M0", scorer, recipe.layout.rag_dir, log=lambda _: None)
+        assert len(fake.requests) == 2 * 2  # two questions, both orders
+    assert result["summary"]["win_rate"]["value"] == 0.5  # position bias cancels out
+    folder = recipe.layout.rag_dir / "m0-judge"
+    with_notes = (folder / "with-notes" / "predictions.tutor-grounded.jsonl").read_text()
+    without = (folder / "without-notes" / "predictions.tutor-grounded.jsonl").read_text()
+    assert "Course notes:" in with_notes and "Course notes:" not in without
+    assert "M0: with notes against without" in _judge(recipe).markdown

@@ -95,6 +95,8 @@ class Ablations:
     blocks: list[AblationTable] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    judged: dict[str, str] = field(default_factory=dict)
+    """Model label -> the judge's table of its answers with and without notes."""
 
     def markdown(self) -> str:
         """One block per model and question set; several blocks start with their summary."""
@@ -190,6 +192,10 @@ def run_recipe_ablations(
             block.label, block.questions = label, name
             write_block_files(block, block_dir)
             result.blocks.append(block)
+        if recipe.eval.judge is not None:  # free-form replies with and without notes
+            judged = judge_retrieval(recipe, label, scorer, out_dir, log=log)
+            if judged is not None:
+                result.judged[label] = str(out_dir / _slug(f"{label}-judge") / "judge.md")
         del scorer  # one model in memory at a time
     if several and result.blocks:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +210,57 @@ def run_recipe_ablations(
     elif result.blocks:
         result.files = dict(result.blocks[0].files)
     return result
+
+
+def judge_retrieval(recipe, label: str, scorer, out_dir: Path, *, log=print) -> dict | None:
+    """The recipe's judge on one model's free-form answers to the held-out notes
+    questions, asked with the retrieved notes (the served tutor's prompt) and without
+    (the mode prompt and the bare question): ProbLLMs' planned GPT-4 comparison of
+    answers with and without retrieval. Both answer sets keep the grounded grader's
+    verdicts, so the judge's agreement with them is measured too. Writes under
+    ``out_dir/<label>-judge/``."""
+    from tutorlm.data.sources.tutoring import notes_index
+    from tutorlm.data.sources.tutoring_items import tutor_eval_items
+    from tutorlm.evaluate.judge_files import judge_eval_dirs
+    from tutorlm.evaluate.runner import recipe_tutoring_source
+    from tutorlm.evaluate.tutor import notes_prompt_for, run_tutor_tasks
+    from tutorlm.rag.prompt import tutor_messages
+
+    source = recipe_tutoring_source(recipe)
+    settings = recipe.eval
+    items = [
+        item for item in tutor_eval_items(source, seed=recipe.seed) if item["task"] == "grounded"
+    ]
+    items = items[: settings.tutor_limit] if settings.tutor_limit else items
+    base = out_dir / _slug(f"{label}-judge")
+    options = {
+        "tasks": ["tutor:grounded"],
+        "max_new_tokens": settings.tutor_max_new_tokens,
+        "batch_size": scorer.batch_size,
+        "seed": recipe.seed,
+        "resamples": settings.bootstrap_resamples,
+    }
+
+    def without_notes(item: dict):
+        return tutor_messages(
+            item["question"], [], scorer.tokenizer, mode=item["mode"],
+            budget_tokens=source.budget_tokens,
+        )  # fmt: skip
+
+    with notes_index(source) as index:
+        with_notes = notes_prompt_for(
+            index, scorer.tokenizer, k=source.k, search_mode=source.mode,
+            budget_tokens=source.budget_tokens, items=items,
+        )  # fmt: skip
+        log(f"{label}: {len(items)} notes questions answered with and without notes for the judge")
+        run_tutor_tasks(scorer.model, scorer.tokenizer, items, prompt_for=with_notes,
+                        out_dir=base / "with-notes", **options)  # fmt: skip
+    run_tutor_tasks(scorer.model, scorer.tokenizer, items, prompt_for=without_notes,
+                    out_dir=base / "without-notes", **options)  # fmt: skip
+    return judge_eval_dirs(
+        settings.judge, base / "with-notes", base / "without-notes", base,
+        labels=("with notes", "without notes"), seed=recipe.seed, echo=log,
+    )  # fmt: skip
 
 
 def _slug(text: str) -> str:

@@ -134,11 +134,19 @@ def _evaluation(recipe: Recipe) -> Section:
 
 
 def _judge(recipe: Recipe) -> Section | None:
-    """The judge's verdicts on M2 against M0, when the recipe configures a judge."""
-    path = recipe.layout.eval_dir("judge-m2-m0") / "judge.md"
-    if not path.is_file():
+    """The judge's verdicts, when the recipe configures a judge: M2 against M0 (the
+    M2 evaluation stage), and each model's answers with notes against without (the
+    rag stage)."""
+    layout = recipe.layout
+    found = [("M2 against M0", layout.eval_dir("judge-m2-m0") / "judge.md")]
+    found += [
+        (f"{path.parent.name.removesuffix('-judge').upper()}: with notes against without", path)
+        for path in sorted(layout.rag_dir.glob("*-judge/judge.md"))
+    ]
+    parts = [f"### {title}\n\n{path.read_text()}" for title, path in found if path.is_file()]
+    if not parts:
         return None
-    return Section("Judge: M2 against M0", path.read_text())
+    return Section("Judge", "\n".join(parts))
 
 
 def _file_section(title: str, md: Path, png: Path | None, stage: str, caption: str) -> Section:
