@@ -321,3 +321,10 @@ def test_explanation_of_a_text_answer_ends_with_it():
 )
 def test_bare_letter(reply, collapsed):
     assert bare_letter(reply)[0] is collapsed
+
+
+def test_tiny_numbers_are_compared_by_their_ratio_not_an_absolute_gap():
+    from tutorlm.evaluate.tutor_graders import answer_number, same_number
+
+    one, two = answer_number("0.0000000001"), answer_number("0.0000000002")
+    assert same_number(one, one) and not same_number(one, two)

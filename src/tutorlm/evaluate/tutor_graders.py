@@ -146,9 +146,7 @@ def same_number(a: Number, b: Number, rel_tol: float = REL_TOL) -> bool:
     """Two integers: equal; else equal within ``rel_tol`` (any reading of each)."""
     if a.integer and b.integer:
         return a.values[0] == b.values[0]
-    return any(
-        math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-9) for x in a.values for y in b.values
-    )
+    return any(math.isclose(x, y, rel_tol=rel_tol) for x in a.values for y in b.values)
 
 
 _UNIT = r"(?:[^\W\d_]|[\s/*°%()]|\^-?\d+)*"

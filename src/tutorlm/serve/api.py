@@ -43,7 +43,7 @@ def create_app(
     app = FastAPI(title="tutorlm", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tutor, app.state.config, app.state.api_key = tutor, config, api_key
     app.state.started = int(time.time())
-    for router in (routes.health, routes.models, routes.page, routes.chat):
+    for router in (routes.health, routes.models, routes.page, routes.chat, routes.quiz):
         app.include_router(router)
 
     @app.exception_handler(ApiError)

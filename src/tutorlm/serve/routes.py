@@ -311,7 +311,7 @@ async def _stream_events(stream, prepared, base: dict, include_usage: bool):
 # SQLite file. The routes sit under /v1/ so that they get the API key, the JSON-only
 # rule and the per-client limit of the guard like every other API route.
 
-quiz = APIRouter()
+quiz = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 class QuizAnswer(BaseModel):
@@ -402,6 +402,3 @@ async def quiz_finish(request: Request):
         attempt = await asyncio.to_thread(save_attempt, results, body.student, name, graded)
         result["saved"] = attempt
     return result
-
-
-chat.include_router(quiz)  # create_app includes ``chat``: the quiz rides on its key check
