@@ -33,7 +33,7 @@ STAGE_ARROWS: dict[str, set[str]] = {
     "train": {"data"},
     "evaluate": {"data", "rag"},
     "quantize": {"evaluate", "data"},
-    "serve": {"rag", "quiz"},
+    "serve": {"rag", "quiz", "quantize"},
     "quiz": {"rag", "evaluate", "data"},
     "rag": set(),
     "model_commands": set(),

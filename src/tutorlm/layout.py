@@ -174,6 +174,11 @@ class RunLayout:
         """The quantize stage's comparison (``compare.md``; ``compare.json`` beside it)."""
         return self.quantize_dir / "compare.md"
 
+    def quantized_model(self, method: str) -> Path:
+        """The quantize stage's copy of the run's model made by ``method``
+        (``quantize/models/int8-packed``); ``serve``, ``chat`` and ``ask`` load it."""
+        return self.quantized_models / method
+
     @property
     def quantize_plot(self) -> Path:
         return self.quantize_dir / "compare.png"

@@ -41,9 +41,12 @@ def _run_run(args: argparse.Namespace) -> int:
     run_pipeline(recipe, pipeline_stages(), start=args.start, only=args.only)
     report = recipe.layout.report_html
     if report.is_file():
-        commands = tutor_commands(recipe.layout.model("M2"), recipe.layout.index)
+        from tutorlm.pipeline.targets import served_model
+
+        model, why = served_model(recipe)
+        commands = tutor_commands(model, recipe.layout.index)
         print(f"\nreport: {report.resolve()}")
-        print(f"chat with the tutor: {commands['chat']}")
+        print(f"chat with the tutor ({why}): {commands['chat']}")
     return 0
 
 

@@ -170,8 +170,12 @@ def _samples(recipe: Recipe) -> Section:
 
 
 def _use(recipe: Recipe) -> Section:
-    commands = tutor_commands(recipe.layout.model("M2"), recipe.layout.index)
+    from tutorlm.pipeline.targets import served_model
+
+    model, why = served_model(recipe)
+    commands = tutor_commands(model, recipe.layout.index)
     text = (
+        f"The tutor to talk to is {why}.\n\n"
         "```bash\n"
         f"{commands['chat']}\n"
         f"{commands['serve']}   # then open http://127.0.0.1:8000/\n"

@@ -190,6 +190,24 @@ def _int8(run: Path) -> Check:
     return Check(claim, measured, met)
 
 
+def served_model(recipe: Recipe) -> tuple[str, str]:
+    """The model the run hands to ``tutorlm chat`` / ``serve``, and why: its int8 copy
+    when the quantize stage wrote one and it met its accuracy target against float M2
+    (what is evaluated is what is served), else float M2, else M1, else the base."""
+    layout = recipe.layout
+    check = _int8(recipe.run_dir)
+    rows = (_json(layout.quantize_dir / "compare.json") or {}).get("rows", [])
+    int8 = next((r for r in rows if r.get("bits") == 8 and r.get("kind") == "quantized"), None)
+    fallback = layout.final_model()
+    if int8 is not None and check.met:
+        path = layout.quantized_model(int8["label"])
+        if (path / "quantization.json").is_file():
+            return str(path), f"{int8['label']} M2: it met its accuracy target ({check.measured})"
+    if int8 is None:
+        return fallback, "the float model: the quantize stage wrote no int8 copy"
+    return fallback, f"the float model: the int8 copy missed its target ({check.measured})"
+
+
 def _retrieval(run: Path) -> Check:
     claim = "retrieval raises MCQA on questions about the notes (gain interval above 0)"
     table = _json(run / "rag" / "ablation.json")

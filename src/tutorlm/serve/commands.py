@@ -49,7 +49,8 @@ def served_name(spec: str) -> str:
     """The model id clients use when no ``served_name`` is set.
 
     A run's trained model (``runs/demo/dpo/merged``) is ``<run>-M2`` (``-M1`` for
-    ``sft/merged``); another directory is named by its own name, or by the nearest
+    ``sft/merged``), its quantized copy (``runs/demo/quantize/models/int8-packed``)
+    ``<run>-M2-int8-packed``; another directory is named by its own name, or by the nearest
     folder above it whose name is not generic (``exports/physics/merged`` is
     ``physics``); the bundled model by its name; a hub id is kept as it is.
     """
@@ -63,6 +64,9 @@ def served_name(spec: str) -> str:
     for label in MODEL_LABELS[1:]:
         if Path(run.model(label)) == path:
             return f"{run.run_dir.name}-{label}"
+    quantized = RunLayout(path.parent.parent.parent)
+    if path.parent == quantized.quantized_models and (path / "quantization.json").is_file():
+        return f"{quantized.run_dir.name}-M2-{path.name}"  # the quantize stage's copy of M2
     named = next((p for p in (path, *path.parents) if p.name not in GENERIC_DIR_NAMES), path)
     return named.name or path.name
 

@@ -223,6 +223,9 @@ def load_serving_model(
 ):
     """``(model, tokenizer)`` for serving: safetensors only, remote code only if asked.
 
+    A directory the quantize stage wrote (``quantize/models/int8-packed``, with its
+    ``quantization.json``) is loaded as the quantized model it is, so the tutor served
+    is the one the quantize table measured. Otherwise
     ``tutorlm.models.resolve_model`` finds the directory; the weights are loaded
     with ``use_safetensors=True`` so that no pickle file is ever unpickled, and a
     directory without safetensors weights is refused with a message.
@@ -235,6 +238,11 @@ def load_serving_model(
     device = resolve_device(device)  # a CUDA request without a GPU fails before loading
     apply_offline_env(online)
     path = Path(resolve_model(spec, online=online))
+    if (path / "quantization.json").is_file():  # the quantize stage's int8 / int4 copy
+        from tutorlm.quantize.saving import load_quantized
+
+        model, tokenizer = load_quantized(path, online=online, device=device)
+        return model.eval(), tokenizer
     if not any(path.glob("*.safetensors")):
         raise EngineError(
             f"{path} has no .safetensors weights; tutorlm serves safetensors only "
