@@ -221,3 +221,22 @@ def test_a_source_must_feed_its_own_kind_of_section(tokenizer):
     reader.tokenizer = tokenizer
     with pytest.raises(DataError, match="records: sft cannot feed the preference section"):
         reader.check()
+
+
+def test_questions_asked_without_their_gold_notes_are_answered_by_abstaining(tokenizer):
+    """``abstain_without_gold``: an answerable question, asked with the notes retrieval
+    returns once its gold section is taken out, gets the abstain reply; its prompt holds
+    no note of the gold section."""
+    rows, _ = build("sft", tokenizer, behaviours=["abstain"], abstain_without_gold=True)
+    questions = {
+        f"nogold-{q['id']}": q for q in split_questions(TutoringSource(**CONFIG), "train")["qa"]
+    }
+    nogold = [record for record in rows if record.id.startswith("abstain-nogold-")]
+    assert nogold and len(nogold) <= len(questions)
+    for record in nogold:
+        question = questions[record.id.removeprefix("abstain-")]
+        user = record.messages[1].content
+        assert user.startswith("Course notes:\n[1] (notes/")
+        assert gold_numbers(user, question) == []
+        assert user.endswith(f"Question: {question['question'].strip()}")
+        assert record.messages[2].content in ABSTAIN_REPLIES

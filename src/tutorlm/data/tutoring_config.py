@@ -42,6 +42,11 @@ class TutoringSource(BaseModel):
     ``abstain``: questions the notes do not answer, answered by saying so; ``hint``:
     worked problems in hint mode, answered by a first step without the answer;
     ``explain``: the same kind of problems in tutor mode, answered step by step."""
+    abstain_without_gold: bool = False
+    """Also make abstain rows from the training notes questions, asked with the notes
+    retrieval returns once their gold section is taken out: the reply says the notes do
+    not cover it. More abstain rows than the unanswerable questions give, and a lesson
+    in answering from the notes given rather than from memory."""
     notes: str | None = None
     """Folder holding ``notes/*.md`` and ``notes_questions.jsonl``; the bundled
     ``tutorlm/assets`` if unset."""

@@ -191,6 +191,8 @@ class TutoringReader(Reader):
                         [row["question"] for row in asked], k=config.k, mode=config.mode
                     )
                     rows += [make(index, row, hits) for row, hits in zip(asked, found, strict=True)]
+            if "abstain" in config.behaviours and config.abstain_without_gold:
+                rows += self._abstain_without_gold(index, questions["qa"])
         problems = []
         if {"hint", "explain"} & set(config.behaviours):
             problems = worked_problems(config, self.seed, "train")
@@ -268,6 +270,23 @@ class TutoringReader(Reader):
         return self._record(
             f"abstain-{row['id']}", prompt, rng.choice(ABSTAIN_REPLIES), rejected, meta
         )
+
+    def _abstain_without_gold(self, index, asked: list[dict]) -> list:
+        """Abstain rows from answerable questions whose gold section is taken out of the
+        retrieval: the next notes retrieval returns do not answer them, so the reply
+        says so. Beside the grounded rows of the same questions, they teach the answer
+        to follow the notes in the prompt, not the model's memory."""
+        config = self.config
+        found = index.search_many(
+            [row["question"] for row in asked], k=config.k + 8, mode=config.mode
+        )
+        rows = []
+        for row, hits in zip(asked, found, strict=True):
+            others = [hit for hit in hits if not _is_gold(hit, row)][: config.k]
+            if len(others) == len(hits):  # no gold section retrieved: nothing was taken out
+                continue
+            rows.append(self._abstain(index, {**row, "id": f"nogold-{row['id']}"}, others))
+        return rows
 
     def _hint(self, problem: Problem):
         rng = self._rng("hint", problem.uid)
