@@ -334,3 +334,25 @@ def test_an_untrained_model_is_skipped_and_a_non_mcqa_set_is_refused(
     )
     with pytest.raises(AblationError, match="'reward' is a reward task; the ablation asks MCQA"):
         run_recipe_ablations(wrong, tmp_path / "rag2", log=lambda line: None)
+
+
+def test_the_quiz_the_rag_stage_builds_is_a_question_set_of_the_ablation(tmp_path):
+    from tutorlm.data.formats import MCQARecord, write_records
+    from tutorlm.evaluate.ablations import ablation_question_sets
+    from tutorlm.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {"name": "q", "run_root": str(tmp_path), "rag": {"ablation_questions": ["quiz"]}}
+    )
+    sets, skipped = ablation_question_sets(recipe)
+    assert sets == {} and skipped == {
+        "quiz": f"{recipe.layout.rag_dir / 'quiz.jsonl'} is not built (the rag stage builds it)"
+    }
+    quiz = [
+        MCQARecord(
+            id="quiz-1", source="quiz", question="Unit of force?", choices=["N", "J"], answer=0
+        )
+    ]
+    write_records(recipe.layout.rag_dir / "quiz.jsonl", quiz)
+    sets, skipped = ablation_question_sets(recipe)
+    assert [record.id for record in sets["quiz"]] == ["quiz-1"] and skipped == {}

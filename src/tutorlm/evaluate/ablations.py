@@ -50,6 +50,10 @@ def ablation_models(recipe, names: Sequence[str] | None = None) -> list[tuple[st
     return found
 
 
+QUIZ_QUESTIONS = "quiz"
+"""``rag.ablation_questions`` name of the practice quiz built from the notes index."""
+
+
 def ablation_question_sets(recipe) -> tuple[dict[str, list[MCQARecord]], dict[str, str]]:
     """The question sets of ``rag.ablation_questions`` with their records, and those that
     cannot be asked yet, with why (a set whose file the data stage has not written).
@@ -63,6 +67,13 @@ def ablation_question_sets(recipe) -> tuple[dict[str, list[MCQARecord]], dict[st
 
     sets, skipped = {}, {}
     for name in recipe.rag.ablation_questions:
+        if name == QUIZ_QUESTIONS:  # built by the rag stage from the run's notes index
+            path = recipe.layout.rag_dir / "quiz.jsonl"
+            if path.is_file():
+                sets[name] = read_records(path, "mcqa").records
+            else:
+                skipped[name] = f"{path} is not built (the rag stage builds it)"
+            continue
         if name == NOTES_QUESTIONS:
             sets[name] = recipe_notes_questions(recipe)
             if not sets[name]:

@@ -121,11 +121,18 @@ def _run_quantize(recipe: Recipe, state: PipelineState) -> StageOutcome:
 
 
 def _run_rag(recipe: Recipe, state: PipelineState) -> StageOutcome:
-    from tutorlm.evaluate.ablations import run_recipe_ablations
+    from tutorlm.evaluate.ablations import QUIZ_QUESTIONS, run_recipe_ablations
     from tutorlm.rag.index import build_index
 
     layout, settings = recipe.layout, recipe.rag
     build_index(list(settings.sources), layout.index, settings=settings.index_settings())
+    if QUIZ_QUESTIONS in settings.ablation_questions:  # the course's own practice quiz
+        from tutorlm.quiz.build import build_quiz
+
+        build_quiz(
+            layout.index, layout.rag_dir / "quiz.jsonl", count=settings.quiz_count,
+            seed=recipe.seed, k=settings.k, mode=settings.mode, log=lambda line: None,
+        )  # fmt: skip
     result = run_recipe_ablations(recipe, layout.rag_dir, log=lambda line: None)
     if not result.blocks:
         why = "; ".join(f"{name}: {reason}" for name, reason in result.skipped.items())

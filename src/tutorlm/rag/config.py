@@ -83,7 +83,11 @@ class RagConfig(IndexSettings):
     """Question sets the ablation asks, each a block per model: ``notes`` (the run's
     MCQA test questions written from the course notes) or an MCQA task of ``eval.tasks``'
     naming (``mcqa_test``, ``mmlu_stem``, ``mcqa:<eval set>``), read from the same file
-    ``tutorlm eval`` reads, at most ``eval.max_questions`` of them."""
+    ``tutorlm eval`` reads, at most ``eval.max_questions`` of them; or ``quiz``: a
+    practice quiz the rag stage builds from the run's notes index (``tutorlm quiz
+    build``, rule-based, the recipe's seed) into ``rag/quiz.jsonl``."""
+    quiz_count: int | None = Field(default=None, ge=1)
+    """Most questions of that quiz, spread over the sections (None: all that pass)."""
 
     def index_path(self, run_dir: str | Path) -> Path:
         """``index_dir`` if set, else ``<run_dir>/rag/index``."""
