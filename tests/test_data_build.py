@@ -314,8 +314,9 @@ def test_the_demo_recipe_builds_offline(demo_built):
     rows = {name: info["rows"] for name, info in manifest["outputs"].items()}
     assert rows["mmlu_stem.jsonl"] == 200
     assert rows["mcqa.test.jsonl"] >= 250 and rows["prefs.test.jsonl"] >= 50
-    assert 400 <= rows["sft.train.jsonl"] <= 650  # incl. ~350 lettered MCQA answers
-    assert manifest["sources"]["rg_lettered"]["kept"] >= 300
+    assert 400 <= rows["sft.train.jsonl"] <= 650  # two thirds of it tutoring rows
+    assert manifest["sources"]["rg_lettered"]["kept"] >= 80
+    assert manifest["sources"]["tutor_sft"]["kept"] >= 300  # incl. abstain without gold notes
     assert manifest["eval_sets"] == ["prefs.test.jsonl", "mcqa.test.jsonl", "mmlu_stem.jsonl"]
     notes = [
         r for r in read_records(out / "mcqa.test.jsonl", "mcqa").records if r.source == "notes_mcqa"

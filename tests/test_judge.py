@@ -423,7 +423,7 @@ def test_a_recipes_judge_compares_m2_with_m0_and_the_report_shows_it(tmp_path):
     written = json.loads((recipe.layout.eval_dir("judge-m2-m0") / "judge.json").read_text())
     assert written["agreements"][0]["agreement"]["value"] == 1.0
     section = _judge(recipe)
-    assert section.title == "Judge: M2 against M0" and "M2" in section.markdown
+    assert section.title == "Judge" and "### M2 against M0" in section.markdown
 
 
 def test_the_rag_stage_judges_answers_with_notes_against_without(tmp_path, tiny_model_dir):

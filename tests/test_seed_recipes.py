@@ -514,8 +514,14 @@ def test_probllms_rag_ablation_asks_m2_and_the_base_model_on_its_mcqa_sets():
         "notes",
         *[t for t in probllms.eval.tasks if t.startswith("mcqa:")],
     ]
-    for other in ("zephyr", "epfllama", "demo"):  # the others keep the final model on notes
+    for other in ("zephyr", "epfllama"):  # the others keep the final model on notes
         assert (recipe(other).rag.ablation_models, recipe(other).rag.ablation_questions) == (
             [],
             ["notes"],
         )
+    demo = recipe("demo").rag  # and the demo asks its practice quiz too
+    assert (demo.ablation_models, demo.ablation_questions, demo.quiz_count) == (
+        [],
+        ["notes", "quiz"],
+        60,
+    )

@@ -84,8 +84,8 @@ def test_demo_recipe_train_section_is_valid_for_trl():
     args = check_trl_sections(recipe.train, recipe.seed)
     assert type(args["sft"]).__name__ == "SFTConfig" and type(args["dpo"]).__name__ == "DPOConfig"
     assert (args["sft"].max_steps, args["sft"].learning_rate, args["sft"].max_length) == (
-        24,
-        2e-4,
+        36,
+        5e-4,
         512,
     )
     assert (args["dpo"].max_steps, args["dpo"].beta, args["dpo"].eval_on_start) == (12, 0.1, False)
