@@ -328,3 +328,20 @@ def test_tiny_numbers_are_compared_by_their_ratio_not_an_absolute_gap():
 
     one, two = answer_number("0.0000000001"), answer_number("0.0000000002")
     assert same_number(one, one) and not same_number(one, two)
+
+
+@pytest.mark.parametrize(
+    ("reply", "cited"),
+    [
+        ("[1] (notes/biology.md, Biology > Cells)\nCells divide by mitosis.", []),
+        ("[2] (notes/physics.md, Physics > Newton's laws):\nF = ma [1].", [1]),
+        ("The answer is: [1] (notes/physics.md, Physics > Newton's laws)", [1]),
+        ("Cells divide by mitosis [1].", [1]),
+    ],
+)
+def test_a_pasted_note_header_is_not_a_citation(reply, cited):
+    """A reply that pastes the prompt's notes block back ("[1] (file, heading)" on a
+    line of its own) cites nothing; a header run into a sentence still counts."""
+    from tutorlm.evaluate.tutor_graders import cited_numbers_raw
+
+    assert cited_numbers_raw(reply) == cited

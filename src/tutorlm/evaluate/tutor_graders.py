@@ -205,11 +205,19 @@ def grounded_answer(reply: str, answer: str, variants: Sequence[str] = ()) -> tu
     return True, f"contains {candidate!r} ({how})"
 
 
+_COPIED_HEADER = re.compile(r"^\s*\[\s*\d+\s*\]\s*\([^)\n]*\)[ \t]*:?[ \t]*$", re.M)
+"""A line that reproduces a note's header from the prompt (``[1] (notes/physics.md,
+Physics > Newton's laws)``): a copy of the notes block, not a citation of a claim."""
+
+
 def cited_numbers_raw(reply: str) -> list[int]:
     """Every note number the reply cites, in order of first use, out-of-range ones kept
-    (``[4]`` with three notes is read as 4; ``tutorlm.rag.prompt.cited_numbers`` drops it)."""
+    (``[4]`` with three notes is read as 4; ``tutorlm.rag.prompt.cited_numbers`` drops it).
+
+    Lines that only reproduce a note's header from the prompt do not count: a small
+    model that pastes the notes block back cites nothing it claims."""
     seen: list[int] = []
-    for match in _CITATION.finditer(reply):
+    for match in _CITATION.finditer(_COPIED_HEADER.sub("", reply)):
         for part in re.split(r"\s*(?:,|;|and)\s*", match[1].strip()):
             bounds = [int(x) for x in re.split(r"\s*[-–]\s*", part) if x]
             if len(bounds) == 2:
