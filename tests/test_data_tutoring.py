@@ -160,12 +160,13 @@ def test_hint_rows_never_hold_the_final_answer_and_explain_rows_end_with_it(pair
     assert hints and explains
     for pair in hints:
         final = pair.meta["final"]
-        assert pair.prompt[0].content == MODE_PROMPTS["hint"]
+        assert pair.prompt[0].content.startswith(MODE_PROMPTS["hint"])  # + how to cite
         assert not gives_answer(pair.chosen[0].content, final), pair.id
         assert gives_answer(pair.rejected[0].content, final), pair.id
     for pair in explains:
         final = pair.meta["final"]
-        assert pair.prompt[0].content == MODE_PROMPTS["tutor"]
+        assert pair.prompt[0].content.startswith(MODE_PROMPTS["tutor"])
+        assert pair.prompt[1].content.startswith("Course notes:\n[1] (notes/")  # as served
         steps = pair.chosen[0].content.splitlines()
         assert len(steps) >= 3 and steps[-1] == f"The answer is {final}.", pair.id
         rejected = pair.rejected[0].content

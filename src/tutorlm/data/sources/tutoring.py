@@ -193,13 +193,19 @@ class TutoringReader(Reader):
                     rows += [make(index, row, hits) for row, hits in zip(asked, found, strict=True)]
             if "abstain" in config.behaviours and config.abstain_without_gold:
                 rows += self._abstain_without_gold(index, questions["qa"])
-        problems = []
-        if {"hint", "explain"} & set(config.behaviours):
-            problems = worked_problems(config, self.seed, "train")
-        if "hint" in config.behaviours:
-            rows += [self._hint(problem) for problem in problems]
-        if "explain" in config.behaviours:
-            rows += [self._explain(problem) for problem in problems]
+            problems, found = [], []
+            if {"hint", "explain"} & set(config.behaviours):
+                problems = worked_problems(config, self.seed, "train")
+                # the served tutor retrieves for every question: a problem is asked with
+                # the notes it brings up, which the reply (rightly) leaves aside
+                found = index.search_many(
+                    [problem.question for problem in problems], k=config.k, mode=config.mode
+                )
+            for behaviour, make in (("hint", self._hint), ("explain", self._explain)):
+                if behaviour in config.behaviours:
+                    rows += [
+                        make(problem, hits) for problem, hits in zip(problems, found, strict=True)
+                    ]
         yield from (row for row in rows if row is not None)
 
     def _rng(self, *parts) -> random.Random:
@@ -288,13 +294,13 @@ class TutoringReader(Reader):
             rows.append(self._abstain(index, {**row, "id": f"nogold-{row['id']}"}, others))
         return rows
 
-    def _hint(self, problem: Problem):
+    def _hint(self, problem: Problem, hits: list):
         rng = self._rng("hint", problem.uid)
         reply = hint_reply(problem, rng)
         if reply is None:
             self.dropped["hint_gives_answer"] += 1
             return None
-        prompt, _ = self._prompt(problem.question, [], "hint")
+        prompt, _ = self._prompt(problem.question, hits, "hint")
         if rng.random() < 0.5:
             rejected = explain_reply(problem)
         else:
@@ -302,9 +308,9 @@ class TutoringReader(Reader):
         meta = {"behaviour": "hint", "defect": "gives_answer", "final": problem.final}
         return self._record(f"hint-{problem.uid}", prompt, reply, rejected, meta)
 
-    def _explain(self, problem: Problem):
+    def _explain(self, problem: Problem, hits: list):
         rng = self._rng("explain", problem.uid)
-        prompt, _ = self._prompt(problem.question, [], "tutor")
+        prompt, _ = self._prompt(problem.question, hits, "tutor")
         if rng.random() < 0.5:
             rejected, defect = f"The answer is {problem.final}.", "bare_answer"
         else:
