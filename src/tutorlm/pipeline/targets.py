@@ -205,7 +205,9 @@ def served_model(recipe: Recipe) -> tuple[str, str]:
             return str(path), f"{int8['label']} M2: it met its accuracy target ({check.measured})"
     if int8 is None:
         return fallback, "the float model: the quantize stage wrote no int8 copy"
-    return fallback, f"the float model: the int8 copy missed its target ({check.measured})"
+    if check.met is None:
+        return fallback, "the float model: the int8 copy's target was not measured"
+    return fallback, "the float model: the int8 copy missed its target (the report's Targets)"
 
 
 def _retrieval(run: Path) -> Check:
