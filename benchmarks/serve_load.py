@@ -136,11 +136,12 @@ def screenshot(url: str, path: str, question: str) -> None:
         page = browser.new_page(viewport={"width": 900, "height": 760})
         page.set_default_timeout(300_000)
         page.goto(url)
-        page.wait_for_function("document.getElementById('model').textContent !== 'connecting…'")
+        page.wait_for_selector("#model:not(:text('connecting…'))")  # the page's CSP forbids eval
         page.fill("#question", question)
         page.press("#question", "Enter")
         page.wait_for_selector(".message.assistant[data-state='done']")
-        page.locator(".sources details").first.evaluate("node => node.open = true")
+        if page.locator(".sources details summary").count():
+            page.locator(".sources details summary").first.click()  # one source opened
         height = page.evaluate("document.documentElement.scrollHeight")
         page.set_viewport_size({"width": 900, "height": min(int(height), 1600)})
         page.screenshot(path=path)
