@@ -314,8 +314,9 @@ def test_generation_metrics_answer_through_the_bulk_generator(tiny):
     assert [s["id"] for s in result.samples] == ["r0", "r1", "r2"]
     plain = evaluate_generation(scorer, records, max_new_tokens=5, chat=False, numeric=False)
     texts = [r.messages[0].content + "\n" for r in records]
+    one_at_a_time = TransformersGenerator(model, tokenizer, batch_size=1, progress=False)
     assert [s["prediction"] for s in plain.samples] == [
-        t.strip() for t in scorer.generate(texts, max_new_tokens=5)
+        g.text.strip() for g in one_at_a_time.generate(texts, Sampling(max_new_tokens=5))
     ]
 
 

@@ -128,36 +128,3 @@ def test_other_errors_are_not_retried(tiny):
 )
 def test_is_out_of_memory(error, oom):
     assert is_out_of_memory(error) is oom
-
-
-class GenerateLimit:
-    """Make ``model.generate`` raise an out-of-memory error on more than ``rows`` prompts."""
-
-    def __init__(self, model, rows: int):
-        self.model, self.rows, self.sizes = model, rows, []
-        self.generate = model.generate
-
-    def __call__(self, *, input_ids, **kwargs):
-        self.sizes.append(input_ids.shape[0])
-        if input_ids.shape[0] > self.rows:
-            raise cuda_oom()
-        return self.generate(input_ids=input_ids, **kwargs)
-
-
-def test_generation_halves_its_batch_on_out_of_memory_and_answers_as_batch_one(tiny, monkeypatch):
-    model, tokenizer = tiny
-    prompts = CONTEXTS[:5]
-    expected = Scorer(model, tokenizer, batch_size=1).generate(prompts, max_new_tokens=4)
-    scorer = Scorer(model, tokenizer, batch_size=4)
-    limit = GenerateLimit(model, rows=1)
-    monkeypatch.setattr(model, "generate", limit)
-    assert scorer.generate(prompts, max_new_tokens=4) == expected
-    assert scorer.batch_size == 1
-    assert limit.sizes == [4, 2, 1, 1, 1, 1, 1]  # the failed tries, then one prompt at a time
-
-
-def test_generation_that_does_not_fit_one_prompt_says_so(tiny, monkeypatch):
-    model, tokenizer = tiny
-    monkeypatch.setattr(model, "generate", GenerateLimit(model, rows=0))
-    with pytest.raises(BatchMemoryError, match="out of memory on one input alone"):
-        Scorer(model, tokenizer, batch_size=2).generate(CONTEXTS[:2], max_new_tokens=4)

@@ -153,18 +153,6 @@ def test_bad_requests_are_named_by_index(tiny):
         scorer.loglikelihood(["just a string"])
 
 
-def test_generate_is_greedy_batched_and_cut_at_stop(tiny):
-    model, tokenizer = tiny
-    prompts = ["The answer is", "Once upon a time there was a very long prompt indeed"]
-    one = Scorer(model, tokenizer, batch_size=1).generate(prompts, max_new_tokens=6)
-    two = Scorer(model, tokenizer, batch_size=2).generate(prompts, max_new_tokens=6)
-    assert one == two
-    assert one[0] and one[1]  # a random model does not stop at once
-    first_char = one[0][0]
-    cut = Scorer(model, tokenizer).generate(prompts[:1], max_new_tokens=6, stop=[first_char])
-    assert cut == [""]
-
-
 def test_bfloat16_scores_close_to_float32(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,9 +1,10 @@
-"""The one place that runs a model for evaluation: log-likelihoods and generation.
+"""The one place that scores text with a model for evaluation: log-likelihoods.
 
-Every metric of tutorlm (MCQA, reward accuracy, choice completion, perplexity,
-generation metrics) goes through :class:`Scorer`, so that tokenization, padding,
-precision and batching are decided once. The interface is lm-evaluation-harness's
-three methods (``loglikelihood``, ``loglikelihood_rolling``, ``generate``), and the
+Every scored metric of tutorlm (MCQA, reward accuracy, choice completion,
+perplexity) goes through :class:`Scorer`, so that tokenization, padding, precision
+and batching are decided once; the generating tasks decode through ``tutorlm.bulk``
+on the scorer's model. The interface is lm-evaluation-harness's scoring methods
+(``loglikelihood``, ``loglikelihood_rolling``), and the
 tokenization follows lm-evaluation-harness's ``HFLM`` exactly, so that the same
 requests give the same numbers:
 
@@ -374,45 +375,6 @@ class Scorer:
 
         return read
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        desc: str = "generate",
-    ) -> list[str]:
-        """Greedy continuations of each prompt (the prompt text as given, no template).
-
-        Generation stops at the tokenizer's EOS token, after ``max_new_tokens``, or
-        at the first of the ``stop`` strings, which is cut off. A batch that runs out
-        of memory is retried at half the size, as the scoring passes are
-        (``Batcher.batches``).
-        """
-        import torch
-
-        from tutorlm.generation import generation_kwargs
-
-        encoded = [
-            self.encode(prompt)[-self.max_length :] or [self.prefix_token_id] for prompt in prompts
-        ]
-        order = self.batcher.deal(sorted(range(len(prompts)), key=lambda i: -len(encoded[i])))
-        outputs: list[str | None] = [None] * len(prompts)
-        kwargs = generation_kwargs(self.tokenizer, max_new_tokens, 0.0)
-
-        def forward(batch: list[int]):
-            input_ids, mask = self.batcher.pad([encoded[i] for i in batch])
-            generated = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-            return generated[:, input_ids.shape[1] :]  # (B, new tokens)
-
-        with self._bar(len(order), desc, "seq") as bar, torch.inference_mode():
-            for batch, generated in self.batcher.batches(order, forward):
-                for row, index in enumerate(batch):
-                    text = self.tokenizer.decode(generated[row], skip_special_tokens=True)
-                    outputs[index] = _cut_at_stop(text, stop)
-                bar.update(len(batch))
-        return self.processes.fill(outputs)  # type: ignore[return-value]
-
     # -- batching ------------------------------------------------------------------------
 
     def _bar(self, total: int, desc: str, unit: str):
@@ -451,8 +413,3 @@ def _rolling_windows(n_targets: int, window: int, stride: int):
         new_end = min(end + stride, n_targets)
         yield max(0, new_end - window), new_end, new_end - end
         end = new_end
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cuts = [text.index(s) for s in stop if s and s in text]
-    return text[: min(cuts)] if cuts else text
