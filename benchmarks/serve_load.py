@@ -175,7 +175,8 @@ def main() -> None:
     from tutorlm.serve.api import create_app
     from tutorlm.serve.commands import served_name
     from tutorlm.serve.config import ServeConfig
-    from tutorlm.serve.engine import LocalEngine, load_serving_model
+    from tutorlm.serve.engine import LocalEngine
+    from tutorlm.serve.loading import load_serving_model
     from tutorlm.serve.server import BackgroundServer
     from tutorlm.serve.tutor import Tutor
 

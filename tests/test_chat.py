@@ -13,7 +13,8 @@ from tutorlm.generation import chat
 from tutorlm.layout import tutor_commands
 from tutorlm.serve.chat import HELP, Ask, ChatSession, run_chat
 from tutorlm.serve.commands import served_name
-from tutorlm.serve.engine import LocalEngine, load_serving_model
+from tutorlm.serve.engine import LocalEngine
+from tutorlm.serve.loading import load_serving_model
 from tutorlm.serve.tutor import MODE_PROMPTS, Tutor
 
 

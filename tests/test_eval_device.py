@@ -184,7 +184,7 @@ def test_serve_device_comes_from_the_flag_else_the_recipe(tmp_path):
 
 
 def test_serving_cuda_without_a_gpu_fails_before_loading(monkeypatch):
-    from tutorlm.serve.engine import load_serving_model
+    from tutorlm.serve.loading import load_serving_model
 
     _gpus(monkeypatch, 0)
     with pytest.raises(HardwareError, match="device 'cuda' asks for a CUDA GPU"):

@@ -15,7 +15,8 @@ from serve_support import MOMENTUM, ScriptedEngine, build_notes_index, lively_co
 from tutorlm.generation import chat, chat_input_ids
 from tutorlm.serve.api import create_app
 from tutorlm.serve.config import ServeConfig
-from tutorlm.serve.engine import LocalEngine, load_serving_model
+from tutorlm.serve.engine import LocalEngine
+from tutorlm.serve.loading import load_serving_model
 from tutorlm.serve.server import BackgroundServer
 from tutorlm.serve.tutor import MODE_PROMPTS, Tutor
 

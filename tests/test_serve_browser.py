@@ -20,7 +20,8 @@ from serve_support import (
 from tutorlm.generation import chat
 from tutorlm.serve.api import create_app
 from tutorlm.serve.config import ServeConfig
-from tutorlm.serve.engine import LocalEngine, load_serving_model
+from tutorlm.serve.engine import LocalEngine
+from tutorlm.serve.loading import load_serving_model
 from tutorlm.serve.server import BackgroundServer
 from tutorlm.serve.tutor import MODE_PROMPTS, Tutor
 

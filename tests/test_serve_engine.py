@@ -11,8 +11,8 @@ from tutorlm.serve.engine import (
     EngineBusy,
     GenerationRequest,
     LocalEngine,
-    load_serving_model,
 )
+from tutorlm.serve.loading import load_serving_model
 from tutorlm.serve.text import IncrementalText
 
 QUESTIONS = [

@@ -16,7 +16,8 @@ from tutorlm.generation import chat
 from tutorlm.serve.api import create_app
 from tutorlm.serve.backend import RemoteEngine, api_base
 from tutorlm.serve.config import ServeConfig
-from tutorlm.serve.engine import EngineError, LocalEngine, load_serving_model
+from tutorlm.serve.engine import EngineError, LocalEngine
+from tutorlm.serve.loading import load_serving_model
 from tutorlm.serve.server import BackgroundServer
 from tutorlm.serve.tutor import Tutor
 

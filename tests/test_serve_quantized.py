@@ -11,7 +11,8 @@ import pytest
 from tutorlm.quantize.saving import quantize_to_dir
 from tutorlm.recipe import recipe_from_dict
 from tutorlm.serve.commands import served_name
-from tutorlm.serve.engine import GenerationRequest, LocalEngine, load_serving_model
+from tutorlm.serve.engine import GenerationRequest, LocalEngine
+from tutorlm.serve.loading import load_serving_model
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,8 @@ def build_tutor(args: argparse.Namespace, settings: Settings):
             max_queue=config.max_queue,
         )
     else:
-        from tutorlm.serve.engine import LocalEngine, load_serving_model
+        from tutorlm.serve.engine import LocalEngine
+        from tutorlm.serve.loading import load_serving_model
 
         model, tokenizer = load_serving_model(
             settings.model,
