@@ -162,7 +162,8 @@ def test_a_test_question_never_reaches_training_and_the_manifest_counts_it(tmp_p
 
 
 def _key(recipe: dict, overrides: list[str] = ()) -> str:
-    from tutorlm.data.build import _outputs, fingerprint
+    from tutorlm.data.build import _outputs
+    from tutorlm.data.build_key import fingerprint
 
     loaded = recipe_from_dict(recipe, list(overrides))
     return fingerprint(loaded, _outputs(loaded))
