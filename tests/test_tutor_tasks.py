@@ -303,3 +303,11 @@ def test_notes_prompt_for_is_the_served_tutors_prompt(smollm_tokenizer_dir):
         hint["question"], NOTES[:2], tokenizer, mode="hint", budget_tokens=256
     )
     assert messages != prompt_for({**hint, "mode": "tutor"})[0]  # the mode's own prompt
+
+
+def test_the_tutor_limit_keeps_the_first_items_of_each_kind_in_order():
+    from tutorlm.evaluate.tutor import first_of_each
+
+    items = [{"id": str(i), "task": task} for i, task in enumerate("gghgahhg")]
+    assert [item["id"] for item in first_of_each(items, 2)] == ["0", "1", "2", "4", "5"]
+    assert first_of_each(items, None) == items

@@ -234,15 +234,13 @@ def judge_retrieval(recipe, label: str, scorer, out_dir: Path, *, log=print) -> 
     from tutorlm.data.sources.tutoring_items import tutor_eval_items
     from tutorlm.evaluate.judge_files import judge_eval_dirs
     from tutorlm.evaluate.runner import recipe_tutoring_source
-    from tutorlm.evaluate.tutor import notes_prompt_for, run_tutor_tasks
+    from tutorlm.evaluate.tutor import first_of_each, notes_prompt_for, run_tutor_tasks
     from tutorlm.rag.prompt import tutor_messages
 
     source = recipe_tutoring_source(recipe)
     settings = recipe.eval
-    items = [
-        item for item in tutor_eval_items(source, seed=recipe.seed) if item["task"] == "grounded"
-    ]
-    items = items[: settings.tutor_limit] if settings.tutor_limit else items
+    held_out = first_of_each(tutor_eval_items(source, seed=recipe.seed), settings.tutor_limit)
+    items = [item for item in held_out if item["task"] == "grounded"]
     base = out_dir / _slug(f"{label}-judge")
     options = {
         "tasks": ["tutor:grounded"],

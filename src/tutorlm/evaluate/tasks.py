@@ -192,18 +192,11 @@ def _run_tutor(spec: TaskSpec, scorer, settings: EvalConfig, *, seed, out_dir, w
     prompt, over a notes index retrieved as the tutoring source's training rows were."""
     from tutorlm.data.sources.tutoring import notes_index
     from tutorlm.data.sources.tutoring_items import tutor_eval_items
-    from tutorlm.evaluate.tutor import notes_prompt_for, run_tutor_tasks, tutor_line
+    from tutorlm.evaluate.tutor import first_of_each, notes_prompt_for, run_tutor_tasks, tutor_line
 
     source = spec.source
     items = tutor_eval_items(source, seed=seed)
-    if settings.tutor_limit:  # the first N of each item kind
-        seen: dict[str, int] = {}
-        kept = []
-        for item in items:
-            seen[item["task"]] = seen.get(item["task"], 0) + 1
-            if seen[item["task"]] <= settings.tutor_limit:
-                kept.append(item)
-        items = kept
+    items = first_of_each(items, settings.tutor_limit)
     with notes_index(source) as index:
         prompt_for = notes_prompt_for(
             index,

@@ -174,6 +174,20 @@ def check_items(items: Sequence[dict]) -> None:
         seen.add(item["id"])
 
 
+def first_of_each(items: Sequence[dict], limit: int | None) -> list[dict]:
+    """The first ``limit`` items of each item task (``grounded``, ``hint``, ...), in
+    order: ``eval.tutor_limit`` (None keeps them all)."""
+    if not limit:
+        return list(items)
+    seen: dict[str, int] = {}
+    kept = []
+    for item in items:
+        seen[item["task"]] = seen.get(item["task"], 0) + 1
+        if seen[item["task"]] <= limit:
+            kept.append(item)
+    return kept
+
+
 def notes_prompt_for(
     index, tokenizer, *, k: int = 3, search_mode="hybrid", budget_tokens=768, items=()
 ):
