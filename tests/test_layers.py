@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("layout", "hardware", "cli_flags"),
     ("contract", "data.formats", "commands"),
+    ("packed",),
     ("models", "prompts", "templates"),
     ("generation", "bulk", "logprobs"),
     ("recipe", "smoke"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tutorlm.quantize import packed
+from tutorlm.packed import layers as packed
 from tutorlm.quantize.measure import weight_bytes
 from tutorlm.quantize.methods import (
     CPU_METHODS,

@@ -25,7 +25,7 @@ def int8_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_the_int8_copy_is_served_quantized_and_named_for_what_it_is(int8_run):
-    from tutorlm.quantize.packed import PackedInt8Linear
+    from tutorlm.packed.layers import PackedInt8Linear
 
     recipe, path = int8_run
     model, tokenizer = load_serving_model(str(path), device="cpu")

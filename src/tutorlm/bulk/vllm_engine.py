@@ -98,6 +98,19 @@ class VllmGenerator:
 
 
 def open_vllm(spec, device, config, chat_template, seed, progress, online) -> VllmGenerator:
+    from tutorlm.models import model_kind
+
+    kind = model_kind(spec)
+    if kind != "float":  # tutorlm's packed layers and merges are not vLLM's loaders
+        what = {
+            "quantized": "a quantize-stage copy (its packed int8 / int4 layers run on the CPU)",
+            "adapter": "a bare LoRA adapter (use the run's merged/ model)",
+            "gguf": "a GGUF file",
+        }[kind]
+        raise GenerationError(
+            f"generation.backend: vllm loads float safetensors checkpoints; {spec} is {what}. "
+            "Use generation.backend: transformers (on the CPU for a packed copy)"
+        )
     try:
         import vllm
     except ImportError as error:

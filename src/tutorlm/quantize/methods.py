@@ -2,7 +2,7 @@
 
 | method | backend | bits | runs on | what is quantized |
 | --- | --- | --- | --- | --- |
-| ``int8-packed`` | PyTorch CPU kernels (:mod:`tutorlm.quantize.packed`) | 8 | CPU | every linear, and the tied embedding / output layer |
+| ``int8-packed`` | PyTorch CPU kernels (:mod:`tutorlm.packed.layers`) | 8 | CPU | every linear, and the tied embedding / output layer |
 | ``int4-packed`` | PyTorch CPU kernels | 4 (+8) | CPU | linears in 4 bits (group 32); tied embedding / output in 8 bits |
 | ``int8-weight`` | torchao ``Int8WeightOnlyConfig`` | 8 | CPU, GPU | linears (not embeddings) |
 | ``int8-dynamic`` | torchao ``Int8DynamicActivationInt8WeightConfig`` | 8 | CPU, GPU | linears; activations quantized per token at run time |
@@ -218,7 +218,7 @@ def pack_model(
     """
     from torch import nn
 
-    from tutorlm.quantize import packed
+    from tutorlm.packed import layers as packed
 
     if bits not in (4, 8):
         raise QuantizeError(f"packed quantization has 8 or 4 bits, not {bits}")
@@ -250,39 +250,3 @@ def pack_model(
         elif isinstance(output, nn.Linear):
             quantize_linear(names[output], output)
     return layout
-
-
-def build_packed_skeleton(
-    model, layout: dict[str, str], float_dtype, group: int | None = None
-) -> None:
-    """Put empty packed modules (on the meta device) where ``layout`` says.
-
-    The saved tensors are then assigned into them, so loading never allocates a
-    second copy of the weights.
-    """
-    import torch
-
-    from tutorlm.quantize import packed
-
-    group = group or packed.INT4_GROUP
-    for name, kind in layout.items():
-        old = model.get_submodule(name)
-        with torch.device("meta"):
-            if kind == "int8":
-                new = packed.PackedInt8Linear(
-                    old.in_features, old.out_features, old.bias is not None
-                )
-            elif kind == "int4":
-                new = packed.PackedInt4Linear(
-                    old.in_features, old.out_features, old.bias is not None, group
-                )
-            elif kind == "int8-embedding":
-                new = packed.PackedInt8Embedding(
-                    old.num_embeddings, old.embedding_dim, old.padding_idx
-                )
-                new.output_dtype = float_dtype
-            elif kind == "tied":
-                continue  # pointed at the embedding's matrix once that is loaded
-            else:
-                raise QuantizeError(f"unknown packed layer kind {kind!r} for {name}")
-        model.set_submodule(name, new)

@@ -15,6 +15,10 @@ the exact source model, the library versions and the command that rebuilds it.
   rebuilds only allow-listed classes), reloaded by ``from_pretrained``.
 - bitsandbytes methods likewise (GPU only).
 
+Reading them back lives below the stages (:mod:`tutorlm.packed.directory`), so that
+``tutorlm.models.load_model`` loads these copies for every stage (eval, samples,
+serve); :func:`load_quantized` goes through the same loader.
+
 Nothing is ever unpickled: every load reads safetensors only. Where weights are
 not saved (``save_weights=False``, or a backend that cannot serialize), the
 record keeps ``weights: null`` and :func:`load_quantized` re-runs the recorded
@@ -37,36 +41,30 @@ from pathlib import Path
 
 from tutorlm.data.formats import follow_umask
 from tutorlm.models import load_causal_lm, load_tokenizer
+from tutorlm.packed import directory
+from tutorlm.packed.directory import FORMAT, PACKED_FILE, RECORD_FILE, QuantizedModelError
 from tutorlm.quantize.methods import (
     QuantizeError,
-    build_packed_skeleton,
     check_available,
     load_time_config,
     pack_model,
 )
 
-RECORD_FILE = "quantization.json"
-PACKED_FILE = "packed.safetensors"
-FORMAT = "tutorlm.quantized/1"
+
+@contextlib.contextmanager
+def _as_quantize_error() -> Iterator[None]:
+    """Report the reader's errors (``tutorlm.packed.directory``) as this stage's own."""
+    try:
+        yield
+    except QuantizedModelError as error:
+        raise QuantizeError(str(error)) from None
 
 
 def read_record(path) -> dict:
-    """The ``quantization.json`` of a quantized directory, checked."""
-    record_path = Path(path) / RECORD_FILE
-    if not record_path.is_file():
-        raise QuantizeError(f"{path}: not a quantized model directory (no {RECORD_FILE})")
-    try:
-        record = json.loads(record_path.read_text())
-    except json.JSONDecodeError as error:
-        raise QuantizeError(f"{record_path}: not valid JSON: {error}") from None
-    if record.get("format") != FORMAT:
-        raise QuantizeError(
-            f"{record_path}: field 'format' is {record.get('format')!r}, expected {FORMAT!r}"
-        )
-    for field in ("method", "source"):
-        if field not in record:
-            raise QuantizeError(f"{record_path}: missing field {field!r}")
-    return record
+    """The ``quantization.json`` of a quantized directory, checked
+    (:func:`tutorlm.packed.directory.read_record`, with this stage's error)."""
+    with _as_quantize_error():
+        return directory.read_record(path)
 
 
 @contextlib.contextmanager
@@ -75,38 +73,38 @@ def float_source(spec, *, online: bool | None = None) -> Iterator[tuple[Path, di
 
     Yields ``(directory, description)``; a merged copy lives in a temporary
     directory for the duration of the ``with`` block.
+
+    Raises:
+        QuantizeError: ``spec`` is already a quantized copy (quantize its source).
     """
-    from tutorlm.models import resolve_model
+    from tutorlm.models import adapter_base, model_kind, resolve_model
 
     path = Path(str(spec)).expanduser()
-    adapter_config = path / "adapter_config.json"
-    if path.is_dir() and adapter_config.is_file() and not (path / "config.json").is_file():
-        base_spec = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if not base_spec:
-            raise QuantizeError(f"{adapter_config}: field 'base_model_name_or_path' is empty")
-        base = resolve_model(base_spec, online=online)
+    kind = model_kind(spec)
+    if kind == "quantized":
+        source = read_record(path)["source"]
+        raise QuantizeError(
+            f"{path} is already a quantized copy; quantize its float source instead: "
+            f"{source.get('adapter') or source.get('path') or source.get('spec')}"
+        )
+    if kind == "adapter":
+        base = adapter_base(path, online=online)
         with tempfile.TemporaryDirectory(prefix="tutorlm-merged-") as tmp:
-            _merge_adapter(base, path, Path(tmp))
+            _merge_adapter(path, Path(tmp), online=online)
             yield Path(tmp), {"spec": str(spec), "adapter": str(path.resolve()), "base": str(base)}
         return
     resolved = resolve_model(spec, online=online)
     yield resolved, {"spec": str(spec), "path": str(Path(resolved).resolve())}
 
 
-def _merge_adapter(base: Path, adapter: Path, out_dir: Path) -> None:
-    """Merge ``adapter`` into an fp32 copy of ``base`` and save it (with the adapter's tokenizer)."""
+def _merge_adapter(adapter: Path, out_dir: Path, *, online: bool | None = None) -> None:
+    """Save ``adapter`` merged into an fp32 copy of its base (``tutorlm.models``' merge,
+    the one every stage loads an adapter with), with the adapter's tokenizer."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
-    model = load_causal_lm(base, dtype=torch.float32)
-    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    merged.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    model = load_causal_lm(adapter, dtype=torch.float32, online=online)
+    model.save_pretrained(out_dir)
+    load_tokenizer(adapter, online=online).save_pretrained(out_dir)
 
 
 def _versions() -> dict:
@@ -243,7 +241,7 @@ def _save_weights(model, backend: str, out_dir: Path) -> str:
 
 def packed_state_dict(model) -> dict:
     """A packed model's tensors as saved: tied copies once, int4 as portable nibbles."""
-    from tutorlm.quantize.packed import PackedInt4Linear
+    from tutorlm.packed.layers import PackedInt4Linear
 
     state, seen = {}, set()
     int4 = {name for name, module in model.named_modules() if isinstance(module, PackedInt4Linear)}
@@ -274,17 +272,18 @@ def load_quantized(path, *, online: bool | None = None, device: str | None = Non
     """Load a directory written by :func:`quantize_to_dir` as ``(model, tokenizer)``, in eval mode.
 
     ``device`` (a resolved device, see ``tutorlm.hardware.resolve_device``) is where
-    the model runs; None: the CPU, or the GPU for bitsandbytes.
+    the model runs; None: the CPU, or the GPU for bitsandbytes. Saved weights load
+    through :func:`tutorlm.packed.directory.load_quantized_dir`, the loader every
+    stage reaches through ``tutorlm.models.load_model``; only a record kept without
+    its weights is rebuilt here, by re-running its recipe on its source.
 
     Raises:
         QuantizeError: for a directory that is not one, a method this machine
             cannot run, or a packed file whose tensors do not fit the layout.
     """
-    import torch
-
     path = Path(path)
     record = read_record(path)
-    info = check_available(record["method"], device)
+    check_available(record["method"], device)
     tokenizer = load_tokenizer(path)
     if record.get("weights") is None:
         source = record["source"]
@@ -297,64 +296,5 @@ def load_quantized(path, *, online: bool | None = None, device: str | None = Non
                 device=device,
             )
         return model, tokenizer
-    if info.backend == "packed":
-        return _load_packed(path, record), tokenizer
-    kwargs = _placement(info, device)
-    dtype = torch.bfloat16 if info.backend == "bitsandbytes" else torch.float32
-    return load_causal_lm(path, dtype=dtype, **kwargs), tokenizer
-
-
-def _load_packed(path: Path, record: dict):
-    """Rebuild a packed model: float skeleton without weights, packed modules, saved tensors."""
-    import torch
-    from accelerate import init_empty_weights
-    from safetensors import safe_open
-    from torch import nn
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from tutorlm.quantize.packed import PackedInt4Linear, tied_output_layer
-
-    layout = record.get("layout") or {}
-    float_dtype = getattr(torch, record.get("float_dtype", "float32"))
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    with init_empty_weights(include_buffers=False):  # parameters on meta, rotary buffers real
-        model = AutoModelForCausalLM.from_config(config, dtype=float_dtype)
-    build_packed_skeleton(model, layout, float_dtype)
-    weights = path / record["weights"]
-    with safe_open(weights, framework="pt") as handle:
-        for key in list(handle.keys()):
-            module_name, _, attribute = key.rpartition(".")
-            try:
-                module = model.get_submodule(module_name)
-            except AttributeError:
-                raise QuantizeError(
-                    f"{weights}: tensor {key!r} names no module of the model"
-                ) from None
-            # A copy, not the file's view: safetensors data sits at 8-byte offsets, and
-            # torch's int8 / int4 CPU kernels crash on weights not 64-byte aligned.
-            tensor = handle.get_tensor(key).clone()
-            if isinstance(module, PackedInt4Linear) and attribute == "nibbles":
-                module.load_nibbles(tensor)
-            elif attribute in module._parameters:
-                module._parameters[attribute] = nn.Parameter(tensor, requires_grad=False)
-            elif attribute in module._buffers:
-                module._buffers[attribute] = tensor
-            else:
-                raise QuantizeError(
-                    f"{weights}: tensor {key!r} is no parameter or buffer of {module_name}"
-                )
-    for name, kind in layout.items():
-        if kind == "tied":
-            embedding_name = next(n for n, k in layout.items() if k == "int8-embedding")
-            model.set_submodule(name, tied_output_layer(model.get_submodule(embedding_name)))
-    missing = [
-        name
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
-        if tensor.is_meta
-    ]
-    if missing:
-        raise QuantizeError(
-            f"{weights}: no tensor for {', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else "")
-        )
-    return model.eval()
+    with _as_quantize_error():
+        return directory.load_quantized_dir(path, device), tokenizer
