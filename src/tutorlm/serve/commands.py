@@ -15,6 +15,7 @@ from tutorlm.layout import MODEL_LABELS, RunLayout
 from tutorlm.models import BUNDLED
 from tutorlm.rag.config import RagConfig
 from tutorlm.serve.config import ServeConfig
+from tutorlm.serve.engines import ENGINES
 
 API_KEY_ENV = "TUTORLM_API_KEY"
 
@@ -52,7 +53,8 @@ def served_name(spec: str) -> str:
     ``sft/merged``), its quantized copy (``runs/demo/quantize/models/int8-packed``)
     ``<run>-M2-int8-packed``; another directory is named by its own name, or by the nearest
     folder above it whose name is not generic (``exports/physics/merged`` is
-    ``physics``); the bundled model by its name; a hub id is kept as it is.
+    ``physics``); the bundled model by its name; a hub id is kept as it is. A GGUF
+    file is named by :func:`gguf_served_name`.
     """
     if spec.startswith("bundled:"):
         return spec.partition(":")[2]
@@ -60,6 +62,8 @@ def served_name(spec: str) -> str:
     if not path.exists():
         return spec
     path = path.resolve()
+    if path.suffix.lower() == ".gguf":
+        return gguf_served_name(path)
     run = RunLayout(path.parent.parent)
     for label in MODEL_LABELS[1:]:
         if Path(run.model(label)) == path:
@@ -69,6 +73,26 @@ def served_name(spec: str) -> str:
         return f"{quantized.run_dir.name}-M2-{path.name}"  # the quantize stage's copy of M2
     named = next((p for p in (path, *path.parents) if p.name not in GENERIC_DIR_NAMES), path)
     return named.name or path.name
+
+
+def gguf_served_name(path: Path) -> str:
+    """A GGUF file's served name: its stem, with the quant type joined by ``-``.
+
+    ``tutorlm quantize --gguf q8_0`` writes ``<model label>.q8_0.gguf``; in a run's
+    ``quantize/models`` folder, the GGUF of the run's M2 (``dpo-merged.q8_0.gguf``) is
+    ``<run>-M2-q8_0`` (``-M1-`` for ``sft-merged``); elsewhere ``physics.q4_0.gguf``
+    is ``physics-q4_0`` and ``model.gguf`` is ``model``.
+    """
+    from tutorlm.quantize.commands import _model_label
+
+    base, _, qtype = path.stem.rpartition(".")
+    base, qtype = (base, f"-{qtype}") if base else (qtype, "")
+    run = RunLayout(path.parent.parent.parent)
+    if path.parent == run.quantized_models:
+        for label in MODEL_LABELS[1:]:
+            if base == _model_label(run.model(label)):
+                return f"{run.run_dir.name}-{label}{qtype}"
+    return f"{base}{qtype}"
 
 
 def _positive_int(text: str) -> int:
@@ -116,6 +140,14 @@ def _add_tutor_arguments(parser: argparse.ArgumentParser, fields=None) -> None:
         "--backend-model", default=None, help="model id on the backend (default: its first)"
     )
     parser.add_argument("--backend-api-key", default=None, help="API key of the backend")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="what generates: auto (a .gguf file: llama.cpp; a CUDA GPU with vLLM: vllm; "
+        "else stepped where it supports the model, else transformers), or one of them "
+        "(docs/serve.md, Engines)",
+    )
     add_device_flag(parser)
     parser.add_argument(
         "--trust-remote-code",
@@ -187,45 +219,14 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
 
 
 def build_tutor(args: argparse.Namespace, settings: Settings):
-    """The tutor the settings describe: engine (local or remote), notes and mode."""
+    """The tutor the settings describe: the engine ``--engine`` picks (said on stderr,
+    with why), the notes and the mode."""
+    from tutorlm.serve.engines import open_engine
     from tutorlm.serve.tutor import Tutor
-    from tutorlm.templates import apply_template
 
-    config, name = settings.config, settings.name
-    if args.backend:
-        from tutorlm.models import load_tokenizer
-        from tutorlm.serve.backend import RemoteEngine
-
-        tokenizer = apply_template(
-            load_tokenizer(settings.model, online=args.online), settings.chat_template
-        )
-        engine = RemoteEngine(
-            args.backend,
-            tokenizer,
-            model=args.backend_model,
-            name=name,
-            api_key=args.backend_api_key,
-            max_queue=config.max_queue,
-        )
-    else:
-        from tutorlm.serve.engine import LocalEngine
-        from tutorlm.serve.loading import load_serving_model
-
-        model, tokenizer = load_serving_model(
-            settings.model,
-            device=settings.device,
-            trust_remote_code=args.trust_remote_code,
-            online=args.online,
-        )
-        apply_template(tokenizer, settings.chat_template)
-        engine = LocalEngine(
-            model,
-            tokenizer,
-            name=name,
-            max_batch=config.max_batch,
-            batch_wait_s=config.batch_wait_ms / 1000,
-            max_queue=config.max_queue,
-        )
+    config = settings.config
+    engine, plan = open_engine(args, settings)
+    print(f"engine: {plan.engine} ({plan.reason})", file=sys.stderr)
     index = None
     if settings.rag_dir:
         from tutorlm.rag import load_index
