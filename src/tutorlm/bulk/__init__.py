@@ -357,8 +357,14 @@ def open_generator(
     progress: bool = True,
     online: bool | None = None,
 ) -> Generator:
-    """A generator for a model: a spec (bundled name, directory, hub id) or an already
-    loaded ``(model, tokenizer)`` pair (transformers only, e.g. the scorer's).
+    """A generator for a model: a spec or an already loaded ``(model, tokenizer)`` pair
+    (transformers only, e.g. the scorer's).
+
+    A spec is whatever :func:`tutorlm.models.load_model` reads: a bundled name, a
+    directory, a hub id, and the project's other models: a quantize-stage copy (a
+    packed one generates with its int8 / int4 CPU kernels, in its recorded dtype,
+    so on the CPU only), a bare LoRA adapter (merged), a ``.gguf`` file (dequantized
+    to float). vLLM takes float checkpoints only.
 
     Args:
         model: the spec or the loaded pair.

@@ -50,7 +50,11 @@ def _echo(line: str) -> None:
 def _add_model_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
     default = "" if required else " (default: the recipe's M2, else M1, else its base model)"
     parser.add_argument(
-        "--model", required=required, help=f"model spec: bundled name, directory or hub id{default}"
+        "--model",
+        required=required,
+        help="model spec: bundled name, directory or hub id, or a model the project wrote: "
+        "a quantize copy (runs/demo/quantize/models/int8-packed, CPU), a LoRA adapter "
+        f"folder, a .gguf file (dequantized to float){default}",
     )
     add_device_flag(parser)
     add_online_flag(parser)
