@@ -121,11 +121,11 @@ def plan_engine(requested: str, spec: str, *, backend: str | None, device: str) 
     if requested == "vllm":
         if (why := vllm_unavailable(spec, device)) is not None:
             raise TutorlmError(f"--engine vllm cannot run: {why}")
-        return EnginePlan("vllm", "asked for (--engine vllm)")
+        return EnginePlan("vllm", "--engine vllm")
     if requested in ("stepped", "transformers"):
         if requested == "stepped" and _stepped() is None:
             raise TutorlmError("--engine stepped: this install has no stepped engine")
-        return EnginePlan(requested, f"asked for (--engine {requested})")
+        return EnginePlan(requested, f"--engine {requested}")
     if (why := vllm_unavailable(spec, device)) is None:
         return EnginePlan("vllm", "a CUDA GPU and vLLM installed")
     return EnginePlan("local", f"not vllm: {why}")
