@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from tutorlm.bulk import GenerationError, Sampling, open_generator
-from tutorlm.models import ModelLoadError, ModelNotFoundError, load_model, model_kind
+from tutorlm.models import (
+    ModelLoadError,
+    ModelNotFoundError,
+    load_model,
+    model_kind,
+    resolve_model,
+)
 from tutorlm.packed.directory import QuantizedModelError
 from tutorlm.packed.layers import PackedInt4Linear, PackedInt8Embedding, PackedInt8Linear
 from tutorlm.quantize.saving import load_quantized, quantize_and_save
@@ -160,6 +166,8 @@ def test_an_f32_gguf_loads_through_load_model_as_the_float_model(tiny_model_dir,
     text = "Hello world, 12345 x^2! <|im_start|>user"
     assert tokenizer.encode(text) == float_tokenizer.encode(text)
     assert tokenizer.chat_template == float_tokenizer.chat_template
+    with pytest.raises(ModelNotFoundError, match="is a GGUF file: tutorlm.models.load_model"):
+        resolve_model(gguf)  # the steps that need a folder (training, vLLM) say why
 
 
 def test_a_bare_lora_adapter_loads_merged_as_the_train_stage_merges_it(tiny_model_dir, tmp_path):
