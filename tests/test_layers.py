@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("contract", "data.formats", "commands"),
     ("packed",),
     ("models", "prompts", "templates"),
-    ("generation", "bulk", "logprobs"),
+    ("generation", "bulk", "logprobs", "decoder"),
     ("recipe", "smoke"),
     ("data", "train", "evaluate", "quantize", "rag", "serve", "quiz", "report", "model_commands"),
     ("pipeline",),

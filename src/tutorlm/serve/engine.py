@@ -194,6 +194,24 @@ class _Row:
     done: bool = False
     reason: str = "length"
 
+    def take(self, token: int, end_ids: set[int]) -> None:
+        """One new token of this reply: streamed as text, or the reason the reply ends."""
+        if self.done:
+            return
+        if self.stream.cancelled.is_set():
+            self.close("length")
+        elif token in end_ids:
+            self.close("stop")
+        else:
+            self.generated += 1
+            piece = self.text.add(token)
+            if piece:
+                self.stream.push(piece)
+            if self.text.stopped:
+                self.close("stop")
+            elif self.generated >= self.request.max_tokens or _past(self.request.deadline):
+                self.close("length")
+
     def close(self, reason: str) -> None:
         if self.done:
             return
@@ -403,22 +421,7 @@ class _RowStreamer:
             self._prompt_seen = True
             return
         for row, token in zip(self.rows, value.tolist(), strict=True):
-            if row.done:
-                continue
-            if row.stream.cancelled.is_set():
-                row.close("length")
-                continue
-            if token in self.end_ids:
-                row.close("stop")
-                continue
-            row.generated += 1
-            piece = row.text.add(token)
-            if piece:
-                row.stream.push(piece)
-            if row.text.stopped:
-                row.close("stop")
-            elif row.generated >= row.request.max_tokens or _past(row.request.deadline):
-                row.close("length")
+            row.take(token, self.end_ids)
 
     def end(self) -> None:
         """Rows still open are closed by the engine after ``generate`` returns."""
