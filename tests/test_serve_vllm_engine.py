@@ -288,7 +288,11 @@ def test_an_asyncio_reader_gets_the_reply_on_its_own_loop(engine):
         pieces = [piece async for piece in stream]
         return "".join(pieces), stream.finish
 
-    text, finish = asyncio.run(read())
+    results = []  # asyncio.run in a thread of its own: this one may hold a loop already
+    reader = threading.Thread(target=lambda: results.append(asyncio.run(read())))
+    reader.start()
+    reader.join(timeout=30)
+    ((text, finish),) = results
     assert text == REPLY and finish == Finish("stop", engine.count_prompt_tokens(QUESTION), 4)
 
 
