@@ -87,6 +87,10 @@ def test_auto_picks_by_model_backend_and_machine(cpu_only, monkeypatch, tmp_path
     assert plan_engine("auto", "x/model.Q8_0.GGUF", backend=None, device="auto") == EnginePlan(
         "llama.cpp", "the model is a GGUF file"
     )
+    for engine in ("transformers", "stepped"):
+        assert plan_engine(engine, "model.q8_0.gguf", backend=None, device="cpu") == EnginePlan(
+            engine, f"--engine {engine} (the GGUF dequantized to float by transformers)"
+        )
     assert plan_engine("auto", "m", backend="http://gpu:8001", device="auto") == EnginePlan(
         "remote", "--backend http://gpu:8001"
     )
@@ -117,10 +121,10 @@ def test_auto_picks_vllm_on_the_first_gpu_for_a_safetensors_model(gpu_with_vllm,
     ("argv", "message"),
     [
         (
-            ["--model", "tutor.q8_0.gguf", "--engine", "transformers"],
-            "--engine transformers cannot serve the GGUF file tutor.q8_0.gguf: only llama.cpp "
-            "reads GGUF (--engine llama.cpp or auto), or serve the model directory it was "
-            "exported from",
+            ["--model", "tutor.q8_0.gguf", "--engine", "vllm"],
+            "--engine vllm cannot serve the GGUF file tutor.q8_0.gguf: it loads safetensors "
+            "checkpoints; use --engine llama.cpp (or auto), or transformers to serve it "
+            "dequantized to float",
         ),
         (
             ["--model", "runs/demo/dpo/merged", "--engine", "llama.cpp"],

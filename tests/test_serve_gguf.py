@@ -268,7 +268,9 @@ def test_close_refuses_queued_requests_and_frees_the_model(tokenizer):
 
 def test_without_llama_cpp_the_error_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
-    with pytest.raises(EngineError, match=r"pip install 'tutorlm\[llamacpp\]'.*minutes"):
+    with pytest.raises(
+        EngineError, match=r"pip install 'tutorlm\[llamacpp\]'.*minutes.*--engine transformers"
+    ):
         open_llama(tmp_path / "model.gguf")
 
 
@@ -354,6 +356,28 @@ def test_serve_picks_llama_cpp_for_a_gguf_and_answers_the_api(run_gguf, fake_lla
             "completion_tokens": 4,
             "total_tokens": len(prompt) + 4,
         }
+    finally:
+        engine.close()
+
+
+def test_engine_transformers_serves_a_gguf_dequantized_to_float(run_gguf, monkeypatch):
+    from tutorlm.generation import chat
+    from tutorlm.serve.engine import LocalEngine
+    from tutorlm.serve.engines import open_engine
+
+    monkeypatch.setitem(sys.modules, "tutorlm.serve.stepped", None)  # plain transformers
+    _, path = run_gguf
+    parser = argparse.ArgumentParser()
+    SERVE.configure(parser)
+    args = parser.parse_args(["--model", str(path), "--engine", "transformers", "--device", "cpu"])
+    engine, plan = open_engine(args, resolve_settings(args))
+    try:
+        assert isinstance(engine, LocalEngine) and engine.name == "demo-M2-q8_0"
+        assert (
+            plan.reason == "--engine transformers (the GGUF dequantized to float by transformers)"
+        )
+        stream = engine.submit(GenerationRequest(QUESTION, 6))
+        assert stream.text() == chat(engine.model, engine.tokenizer, QUESTION, max_new_tokens=6)
     finally:
         engine.close()
 

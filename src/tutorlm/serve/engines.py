@@ -14,8 +14,10 @@ the page never know which one runs:
 
 ``auto`` picks by what it is given: a ``.gguf`` file -> llama.cpp; ``--backend`` ->
 remote; a CUDA device with vLLM installed -> vllm; else ``stepped`` when it supports
-the model, else ``transformers``. An explicit choice that cannot work fails before
-anything is loaded (a model takes minutes to load; the mistake takes none).
+the model, else ``transformers``. ``--engine transformers`` or ``stepped`` on a GGUF file
+serve it dequantized to float (``tutorlm.models.load_model``), not as llama.cpp computes
+it. An explicit choice that cannot work fails before anything is loaded (a model takes
+minutes to load; the mistake takes none).
 
 The per-token rule shared by the engines that decode one token at a time outside
 ``engine.py`` (llama.cpp, vLLM) lives here too: :func:`take_token`.
@@ -105,14 +107,15 @@ def plan_engine(requested: str, spec: str, *, backend: str | None, device: str) 
                 "give one of the two"
             )
         return EnginePlan("remote", f"--backend {backend}")
-    if is_gguf(spec):
-        if requested not in ("auto", "llama.cpp"):
-            raise TutorlmError(
-                f"--engine {requested} cannot serve the GGUF file {spec}: only llama.cpp "
-                "reads GGUF (--engine llama.cpp or auto), or serve the model directory it "
-                "was exported from"
-            )
+    gguf = is_gguf(spec)
+    if gguf and requested in ("auto", "llama.cpp"):
         return EnginePlan("llama.cpp", "the model is a GGUF file")
+    if gguf and requested == "vllm":
+        raise TutorlmError(
+            f"--engine vllm cannot serve the GGUF file {spec}: it loads safetensors "
+            "checkpoints; use --engine llama.cpp (or auto), or transformers to serve it "
+            "dequantized to float"
+        )
     if requested == "llama.cpp":
         raise TutorlmError(
             f"--engine llama.cpp serves GGUF files, and {spec} is not one: write one with "
@@ -125,7 +128,8 @@ def plan_engine(requested: str, spec: str, *, backend: str | None, device: str) 
     if requested in ("stepped", "transformers"):
         if requested == "stepped" and _stepped() is None:
             raise TutorlmError("--engine stepped: this install has no stepped engine")
-        return EnginePlan(requested, f"--engine {requested}")
+        dequantized = " (the GGUF dequantized to float by transformers)" if gguf else ""
+        return EnginePlan(requested, f"--engine {requested}{dequantized}")
     if (why := vllm_unavailable(spec, device)) is None:
         return EnginePlan("vllm", "a CUDA GPU and vLLM installed")
     return EnginePlan("local", f"not vllm: {why}")

@@ -73,7 +73,8 @@ def open_llama(path: Path, *, n_ctx: int = 0, n_threads: int | None = None, gpu:
     except ImportError:
         raise EngineError(
             f"serving a GGUF file needs llama-cpp-python: {LLAMACPP_INSTALL} (it compiles "
-            "llama.cpp from source, which takes several minutes)"
+            "llama.cpp from source, which takes several minutes); or --engine transformers "
+            "serves it dequantized to float"
         ) from None
     from tutorlm.hardware import thread_count
 
