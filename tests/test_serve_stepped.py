@@ -10,12 +10,12 @@ import pytest
 import torch
 from serve_support import lively_copy
 
-from tutorlm.decoder import Segment, StepDecoder, unsupported_reason
+from tutorlm.decoder import Segment, StepDecoder, choose_token, unsupported_reason
 from tutorlm.generation import chat
 from tutorlm.quantize.saving import quantize_and_save
 from tutorlm.serve.engine import EngineBusy, EngineError, GenerationRequest
 from tutorlm.serve.loading import load_serving_model
-from tutorlm.serve.stepped import SteppedEngine, choose_token
+from tutorlm.serve.stepped import SteppedEngine
 
 QUESTIONS = [
     "What is momentum?",
@@ -189,15 +189,12 @@ def test_many_threads_at_once_get_their_own_replies(models, engines):
 
 def test_choose_token_greedy_top_p_and_seeded_sampling():
     logits = torch.tensor([1.0, 3.0, 3.0, 0.5])
-    greedy = GenerationRequest([], max_tokens=1)
-    assert choose_token(logits, greedy, torch.Generator()) == 1  # first of the tied highest
-    narrow = GenerationRequest([], max_tokens=1, temperature=1.0, top_p=0.4)
+    assert choose_token(logits, 0.0, 1.0, torch.Generator()) == 1  # first of the tied highest
     peaked = torch.tensor([0.0, 5.0, 0.0, 0.0])  # token 1 holds ~95 % of the mass
-    assert {choose_token(peaked, narrow, torch.Generator().manual_seed(s)) for s in range(20)} == {
-        1
-    }
-    wide = GenerationRequest([], max_tokens=1, temperature=1.0, top_p=1.0)
-    draws = [choose_token(logits, wide, torch.Generator().manual_seed(s)) for s in range(200)]
+    assert {
+        choose_token(peaked, 1.0, 0.4, torch.Generator().manual_seed(s)) for s in range(20)
+    } == {1}
+    draws = [choose_token(logits, 1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(200)]
     assert set(draws) == {0, 1, 2, 3}
-    again = [choose_token(logits, wide, torch.Generator().manual_seed(s)) for s in range(200)]
+    again = [choose_token(logits, 1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(200)]
     assert draws == again

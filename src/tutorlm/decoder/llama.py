@@ -95,7 +95,28 @@ def _fused(layers: list) -> object:
         raise TypeError(f"no fused form for {type(first).__name__}")
     if bias is not None:
         fused.bias = torch.nn.Parameter(bias, requires_grad=False)
-    return fused.forward  # the bound forward: no module hooks per call
+    return fused
+
+
+class _Projection:
+    """A linear layer as the decoder calls it, without a module call's casts and hooks:
+    ``input_dtype`` is what its matmul reads (bf16 for the packed kernels, the weight's
+    dtype for ``nn.Linear``); the caller casts once, and the output keeps the matmul's
+    dtype (adding it to the float residual promotes it exactly, as the layer's own
+    ``out.to(x.dtype)`` would)."""
+
+    def __init__(self, module):
+        self.bias = None if module.bias is None else module.bias.detach()
+        if hasattr(module, "matmul_bf16"):  # packed int8 / int4
+            self.input_dtype, self.matmul = torch.bfloat16, module.matmul_bf16
+        else:
+            weight = module.weight.detach()
+            self.input_dtype = weight.dtype
+            self.matmul = lambda rows: functional.linear(rows, weight)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        out = self.matmul(rows.to(self.input_dtype))
+        return out if self.bias is None else out + self.bias
 
 
 class _Layer:
@@ -105,10 +126,10 @@ class _Layer:
         attention, mlp = layer.self_attn, layer.mlp
         self.input_norm = _rms_norm(layer.input_layernorm)
         self.post_norm = _rms_norm(layer.post_attention_layernorm)
-        self.qkv = _fused([attention.q_proj, attention.k_proj, attention.v_proj])
-        self.o = attention.o_proj.forward
-        self.gate_up = _fused([mlp.gate_proj, mlp.up_proj])
-        self.down = mlp.down_proj.forward
+        self.qkv = _Projection(_fused([attention.q_proj, attention.k_proj, attention.v_proj]))
+        self.o = _Projection(attention.o_proj)
+        self.gate_up = _Projection(_fused([mlp.gate_proj, mlp.up_proj]))
+        self.down = _Projection(mlp.down_proj)
         self.act = mlp.act_fn
         self.scaling = attention.scaling
 
@@ -136,13 +157,15 @@ class StepDecoder:
         self.dtype = getattr(embedding, "output_dtype", None) or embedding.weight.dtype
         self.embed = inner.embed_tokens.forward
         self.norm = _rms_norm(inner.norm)
-        self.lm_head = model.lm_head.forward
+        self.lm_head = _Projection(model.lm_head)
         self.layers = [_Layer(layer) for layer in inner.layers]
         with torch.inference_mode():
             positions = torch.arange(self.max_len)[None]  # (1, L)
             probe = torch.zeros(1, 1, self.head_dim, dtype=self.dtype)
             cos, sin = inner.rotary_emb(probe, positions)  # (1, L, D) each
-        self.cos, self.sin = cos[0], sin[0]  # (L, D)
+        half = self.head_dim // 2
+        self.cos = cos[0]  # (L, D)
+        self.signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # (L, D)
         shape = (slots, self.kv_heads, self.max_len, self.head_dim)
         self.keys = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
         self.values = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
@@ -165,7 +188,7 @@ class StepDecoder:
         positions = torch.cat(
             [torch.arange(s.start, s.start + len(s.tokens)) for s in segments]
         )  # (N,)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (N, 1, D)
+        cos, sin = self.cos[positions][:, None], self.signed_sin[positions][:, None]  # (N, 1, D)
         bounds, offset = [], 0
         for s in segments:
             bounds.append((offset, offset + len(s.tokens)))
@@ -175,7 +198,8 @@ class StepDecoder:
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         rotated_heads = heads + kv_heads
         for index, layer in enumerate(self.layers):
-            qkv = layer.qkv(layer.input_norm(hidden)).view(-1, rotated_heads + kv_heads, dim)
+            qkv = layer.qkv(layer.input_norm(hidden)).to(self.dtype)
+            qkv = qkv.view(-1, rotated_heads + kv_heads, dim)
             qk = _rotate(qkv[:, :rotated_heads], cos, sin)  # (N, h + kv, D)
             q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, rotated_heads:]
             keys, values = self.keys[index], self.values[index]
@@ -195,7 +219,7 @@ class StepDecoder:
                 outputs.append(out[0].transpose(0, 1).reshape(hi - lo, heads * dim))
             attended = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
             hidden = hidden + layer.o(attended)
-            gate, up = layer.gate_up(layer.post_norm(hidden)).chunk(2, dim=-1)
+            gate, up = layer.gate_up(layer.post_norm(hidden)).to(self.dtype).chunk(2, dim=-1)
             hidden = hidden + layer.down(layer.act(gate) * up)
         last = torch.tensor([hi - 1 for _, hi in bounds])
         return self.lm_head(self.norm(hidden[last])).float()  # (S, V)
@@ -220,8 +244,8 @@ def _rms_norm(module):
     return lambda x: functional.rms_norm(x, shape, weight, eps)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding in the half-split convention of Llama's ``rotate_half``."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the half-split convention of Llama's ``rotate_half``:
+    ``rotate_half(x) * sin`` is ``roll(x, D/2) * signed_sin`` with the first half of
+    ``sin`` negated (an exact sign flip), one op instead of four."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin

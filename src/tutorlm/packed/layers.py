@@ -135,12 +135,16 @@ class PackedInt8Linear(nn.Module):
         """The weight the layer computes with, as bf16 (N, K)."""
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
+    def matmul_bf16(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows W^T`` for bf16 ``rows`` (M, K): bf16 (M, N), no bias. The whole
+        arithmetic of the layer, shared with ``tutorlm.decoder`` (which keeps its
+        activations in bf16 between the norm and the matmul)."""
         if rows.shape[0] <= KERNEL_MAX_ROWS:
-            out = torch._weight_int8pack_mm(rows, self.qweight, self.scale)  # (M, N)
-        else:
-            out = functional.linear(rows, self.dequantized())
+            return torch._weight_int8pack_mm(rows, self.qweight, self.scale)
+        return functional.linear(rows, self.dequantized())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.matmul_bf16(x.reshape(-1, self.in_features).to(torch.bfloat16))  # (M, N)
         out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
@@ -196,9 +200,12 @@ class PackedInt4Linear(nn.Module):
         q_t = torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, unit.contiguous())
         return pack_nibbles(q_t.t().round().to(torch.uint8))  # (N, K/2)
 
+    def matmul_bf16(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows W^T`` for bf16 ``rows`` (M, K): bf16 (M, N), no bias."""
+        return torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scale_and_zero)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scale_and_zero)
+        out = self.matmul_bf16(x.reshape(-1, self.in_features).to(torch.bfloat16))
         out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 

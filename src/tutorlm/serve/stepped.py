@@ -2,9 +2,9 @@
 
 :class:`LocalEngine` hands a batch to ``model.generate`` and waits for its last reply,
 so a request that arrives one token after a batch started waits for the whole batch,
-and a long prompt stalls everyone while it is read. Here one thread runs
-:class:`tutorlm.decoder.StepDecoder` one step at a time and the set of replies
-changes between steps:
+and a long prompt stalls everyone while it is read. Here one thread drives a
+:class:`tutorlm.decoder.Scheduler` one step at a time and the set of replies changes
+between steps:
 
 - a request takes a free KV slot as soon as one exists (``max_batch`` slots);
 - each step decodes one token of every reply in flight, in one forward;
@@ -14,31 +14,24 @@ changes between steps:
 - a reply that ends (end-of-turn, stop string, ``max_tokens``, deadline, client
   gone) frees its slot at once for the next request.
 
-Same replies batched or alone: a decoding step and a prompt chunk never share a
-forward; a prompt is always cut into chunks from its first token, whoever else is
-running; and the packed int8/int4 kernels compute each row on its own
-(``tests/test_serve_stepped.py`` checks replies batched against alone, token for
-token). A float32 model's matmul may round a row differently with the batch size
-(oneDNN/MKL pick kernels by shape), so there a greedy reply can differ in a near tie.
+Same replies batched or alone, and the same as the evaluation's: the scheduler's rule
+(``tutorlm.decoder.schedule``) is the one bulk generation uses, and the packed
+int8/int4 kernels compute each row on its own (``tests/test_serve_stepped.py`` checks
+replies batched against alone, token for token). A float32 model's matmul may round a
+row differently with the batch size (oneDNN/MKL pick kernels by shape), so there a
+greedy reply can differ in a near tie.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
-import torch
-
-from tutorlm.decoder import DECODE_MAX_ROWS, Segment, StepDecoder
+from tutorlm.decoder import Reply, Scheduler, StepDecoder
 from tutorlm.serve.engine import EngineBusy, EngineError, LocalEngine, _Job, _Row
 from tutorlm.serve.text import IncrementalText
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PREFILL_CHUNK = 256
-"""Prompt tokens read per step. Bigger chunks read a lone long prompt a little faster;
-smaller ones pause the other replies for less time per chunk."""
 
 
 def unsupported_reason(model) -> str | None:
@@ -48,19 +41,22 @@ def unsupported_reason(model) -> str | None:
     return decoder_reason(model)
 
 
-@dataclass
-class _Flight:
-    """A reply in flight: its row, its KV slot, how far its prompt has been read."""
+class _Flight(Reply):
+    """A request's reply in flight: tokens go to its row, which streams them."""
 
-    row: _Row
-    slot: int
-    position: int = 0
-    next_token: int | None = None
-    """The last token chosen, not yet written into the cache (None while prefilling)."""
+    def __init__(self, row: _Row, end_ids: set[int]):
+        super().__init__(row.prompt_ids, row.request.temperature, row.request.top_p)
+        self.row, self.end_ids = row, end_ids
+
+    def accept(self, token: int) -> None:
+        self.row.take(token, self.end_ids)
 
     @property
-    def prefilled(self) -> bool:
-        return self.next_token is not None
+    def finished(self) -> bool:
+        row = self.row
+        if not row.done and (row.stream.cancelled.is_set() or _past(row.request.deadline)):
+            row.close("length")
+        return row.done
 
 
 class SteppedEngine(LocalEngine):
@@ -71,7 +67,7 @@ class SteppedEngine(LocalEngine):
         name: the served model id.
         max_batch: replies decoded together (KV slots).
         max_queue: requests queued or running; more get ``EngineBusy``.
-        prefill_chunk: prompt tokens read per step.
+        prefill_chunk: prompt tokens read per step (default: the evaluation's).
         max_len: positions per slot, prompt and reply; default the model's context,
             at most 4096 (each slot's cache is allocated up front).
         seed: seed of the sampler (temperature > 0).
@@ -91,9 +87,8 @@ class SteppedEngine(LocalEngine):
         batch_wait_s: float = 0.0,
     ):
         context = getattr(model.config, "max_position_embeddings", None) or 4096
-        self.decoder = StepDecoder(model, slots=max_batch, max_len=max_len or min(context, 4096))
-        self.prefill_chunk = prefill_chunk or DEFAULT_PREFILL_CHUNK
-        self._sampler = torch.Generator().manual_seed(seed)
+        decoder = StepDecoder(model, slots=max_batch, max_len=max_len or min(context, 4096))
+        self.scheduler = Scheduler(decoder, prefill_chunk=prefill_chunk, seed=seed)
         super().__init__(
             model,
             tokenizer,
@@ -102,108 +97,57 @@ class SteppedEngine(LocalEngine):
             batch_wait_s=batch_wait_s,
             max_queue=max_queue,
         )
-        self.context_window = self.decoder.max_len
+        self.batch_sizes = self.scheduler.decode_sizes  # rows of each decoding forward
+        self.context_window = decoder.max_len
 
     def _serve_forever(self) -> None:
-        flights: list[_Flight] = []
-        free = list(range(self.max_batch))
-        end_ids = self._end_ids()
+        scheduler, end_ids = self.scheduler, self._end_ids()
         while True:
             with self._cond:
-                while not self._pending and not flights and not self._closed:
+                while not self._pending and not scheduler.replies and not self._closed:
                     self._cond.wait()
                 if self._closed:
-                    for job in self._pending:
-                        job.stream.push(EngineError("the engine is shut down"))
+                    self._fail([*self._pending, *scheduler.drop_all()], "the engine is shut down")
                     self._pending.clear()
-                    for flight in flights:
-                        flight.row.stream.push(EngineError("the engine is shut down"))
                     return
-                while self._pending and free:
-                    flight = self._admit(self._pending.popleft(), free)
+                while self._pending and scheduler.has_room:
+                    flight = self._admit(self._pending.popleft(), end_ids)
                     if flight is not None:
-                        flights.append(flight)
+                        scheduler.add(flight)
             try:
-                self._step(flights, end_ids)
+                scheduler.step()
             except Exception:  # every reply in flight hears about it, the log says why
-                logger.exception("generation failed for %d replies", len(flights))
-                for flight in flights:
-                    if not flight.row.done:
-                        flight.row.done = True
-                        flight.row.stream.push(
-                            EngineError("generation failed; the server's log has why")
-                        )
-            for flight in [f for f in flights if f.row.done]:
-                flights.remove(flight)
-                free.append(flight.slot)
+                logger.exception("generation failed for %d replies", len(scheduler.replies))
+                self._fail(scheduler.drop_all(), "generation failed; the server's log has why")
 
-    def _admit(self, job: _Job, free: list[int]) -> _Flight | None:
+    @staticmethod
+    def _fail(items: list, message: str) -> None:
+        for item in items:
+            row = item.row if isinstance(item, _Flight) else item
+            if not getattr(row, "done", False):
+                row.stream.push(EngineError(message))
+
+    def _admit(self, job: _Job, end_ids: set[int]) -> _Flight | None:
         """A queued request takes a slot, unless it is gone, late or too long."""
         if job.stream.cancelled.is_set():
             job.stream.push(EngineError("cancelled"))
             return None
-        if job.request.deadline is not None and time.monotonic() >= job.request.deadline:
+        if _past(job.request.deadline):
             job.stream.push(EngineBusy("timed out waiting in the queue; retry later"))
             return None
-        room = self.decoder.max_len - len(job.prompt_ids)
+        room = self.scheduler.room(job.prompt_ids)
         if room < 1:
             job.stream.push(
                 EngineError(
                     f"prompt of {len(job.prompt_ids)} tokens leaves no room in the engine's "
-                    f"{self.decoder.max_len} positions"
+                    f"{self.scheduler.decoder.max_len} positions"
                 )
             )
             return None
-        if job.request.max_tokens > room:  # the reply ends with "length" where the slot ends
-            job.request.max_tokens = room
+        job.request.max_tokens = min(job.request.max_tokens, room)  # then "length"
         text = IncrementalText(self.tokenizer, job.request.stop)
-        return _Flight(_Row(job.request, job.stream, job.prompt_ids, text), free.pop(0))
-
-    def _step(self, flights: list[_Flight], end_ids: set[int]) -> None:
-        """One decoding step of every prefilled reply, then one chunk of one prompt."""
-        for flight in flights:
-            if flight.row.stream.cancelled.is_set() or _late(flight):
-                flight.row.close("length")
-        decoding = [f for f in flights if f.prefilled and not f.row.done]
-        for start in range(0, len(decoding), DECODE_MAX_ROWS):
-            group = decoding[start : start + DECODE_MAX_ROWS]
-            logits = self.decoder.forward(
-                [Segment(f.slot, f.position, [f.next_token]) for f in group]
-            )
-            self.batch_sizes[len(group)] += 1
-            for flight, row_logits in zip(group, logits, strict=True):
-                flight.position += 1
-                self._take(flight, row_logits, end_ids)
-        reading = next((f for f in flights if not f.prefilled and not f.row.done), None)
-        if reading is not None:
-            prompt = reading.row.prompt_ids
-            chunk = prompt[reading.position : reading.position + self.prefill_chunk]
-            logits = self.decoder.forward([Segment(reading.slot, reading.position, chunk)])
-            reading.position += len(chunk)
-            if reading.position == len(prompt):
-                self._take(reading, logits[0], end_ids)
-
-    def _take(self, flight: _Flight, logits: torch.Tensor, end_ids: set[int]) -> None:
-        token = choose_token(logits, flight.row.request, self._sampler)
-        flight.row.take(token, end_ids)
-        flight.next_token = token
+        return _Flight(_Row(job.request, job.stream, job.prompt_ids, text), end_ids)
 
 
-def _late(flight: _Flight) -> bool:
-    deadline = flight.row.request.deadline
+def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
-
-
-def choose_token(logits: torch.Tensor, request, generator: torch.Generator) -> int:
-    """Greedy (the first of the highest logits) at temperature 0; otherwise a sample
-    from ``softmax(logits / temperature)`` cut to the smallest set of tokens whose
-    mass reaches ``top_p``."""
-    if request.temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / request.temperature, dim=-1)
-    if request.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass above each token
-        sorted_probs[before >= request.top_p] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
