@@ -117,10 +117,12 @@ class GenerateLimit:
 
 def test_out_of_memory_halves_the_batch_and_answers_as_batch_one(tiny, monkeypatch):
     model, tokenizer = tiny
-    expected = TransformersGenerator(model, tokenizer, batch_size=1, progress=False).generate(
-        CHATS, Sampling(max_new_tokens=4)
+    expected = TransformersGenerator(
+        model, tokenizer, batch_size=1, progress=False, step_decoder=False
+    ).generate(CHATS, Sampling(max_new_tokens=4))
+    generator = TransformersGenerator(
+        model, tokenizer, batch_size=4, progress=False, step_decoder=False
     )
-    generator = TransformersGenerator(model, tokenizer, batch_size=4, progress=False)
     limit = GenerateLimit(model, rows=1)
     monkeypatch.setattr(model, "generate", limit)
     assert generator.generate(CHATS, Sampling(max_new_tokens=4)) == expected

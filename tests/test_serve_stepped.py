@@ -198,3 +198,26 @@ def test_choose_token_greedy_top_p_and_seeded_sampling():
     assert set(draws) == {0, 1, 2, 3}
     again = [choose_token(logits, 1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(200)]
     assert draws == again
+
+
+@pytest.mark.parametrize("kind", ["int8-packed", "int4-packed"])
+def test_bulk_greedy_generation_gives_the_served_replies(models, engines, kind):
+    """The evaluation grades what the tutor says: greedy bulk generation on a CPU goes
+    through the same decoder and schedule as the engine, with continuous batching
+    over more prompts than slots."""
+    from tutorlm.bulk import Sampling, TransformersGenerator
+
+    model, tokenizer = models[kind]
+    chats = [ask(q) for q in QUESTIONS]
+    stepped = TransformersGenerator(model, tokenizer, batch_size=2, progress=False)
+    answers = stepped.generate(chats, Sampling(max_new_tokens=12))
+    assert stepped._stepped() is not None
+    engine = engines(models[kind], max_batch=3)
+    served = [engine.submit(GenerationRequest(chat, max_tokens=12)).text() for chat in chats]
+    assert [answer.text for answer in answers] == served
+    plain = TransformersGenerator(
+        model, tokenizer, batch_size=1, progress=False, step_decoder=False
+    )
+    assert [a.text for a in plain.generate(chats, Sampling(max_new_tokens=12))] == served
+    stops = stepped.generate(chats, Sampling(max_new_tokens=12, stop=(served[0][3:6],)))
+    assert stops[0].text == served[0][:3] and stops[0].finish_reason == "stop"

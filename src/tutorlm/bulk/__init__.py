@@ -180,7 +180,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 class TransformersGenerator:
-    """Batched ``model.generate`` on a loaded causal LM and its tokenizer.
+    """Batched generation on a loaded causal LM and its tokenizer: ``model.generate``, or
+    for greedy runs on a CPU Llama-family model the serving engine's step decoder.
 
     Args:
         model: the causal LM, on the device it runs on.
@@ -188,9 +189,20 @@ class TransformersGenerator:
         batch_size: prompts per ``generate`` call at most; halved for the rest of the
             run when a call runs out of memory, down to 1.
         progress: show a progress bar (stderr).
+        step_decoder: greedy runs on a CPU Llama-family model go through the serving
+            engine's decoder (``tutorlm.bulk.stepped``: the replies ``serve`` gives);
+            False: always ``model.generate``.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 16, progress: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 16,
+        progress: bool = True,
+        step_decoder: bool = True,
+    ):
         if batch_size < 1:
             raise GenerationError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
@@ -203,6 +215,7 @@ class TransformersGenerator:
         self.prefix_token_id = bos if bos is not None else tokenizer.eos_token_id
         config = getattr(model, "config", None)
         self.max_length = getattr(config, "max_position_embeddings", None)
+        self._stepped_greedy = None if step_decoder else False  # bulk/stepped.py
 
     @property
     def device(self):
@@ -258,6 +271,8 @@ class TransformersGenerator:
 
         budgets = prompt_budgets(prompts, sampling, max_new_tokens)
         encoded = [self.encode(p, b) for p, b in zip(prompts, budgets, strict=True)]
+        if sampling.greedy and self._stepped() is not None:
+            return self._generate_stepped(encoded, budgets, sampling.stop, desc)
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         results: list[Generated | None] = [None] * len(prompts)
         seed = sampling.seed or 0
@@ -275,6 +290,34 @@ class TransformersGenerator:
                     results[index] = self._finish(generated[row], budgets[index], sampling.stop)
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
+
+    def _stepped(self):
+        """The serving engine's decoder for greedy runs on a CPU Llama-family model
+        (``tutorlm.bulk.stepped``), or None where ``model.generate`` runs instead."""
+        if self._stepped_greedy is None:
+            from tutorlm.bulk.stepped import SteppedGreedy
+
+            fits = SteppedGreedy.fits(self.model)
+            self._stepped_greedy = SteppedGreedy(self.model, self.batch_size) if fits else False
+        return self._stepped_greedy or None
+
+    def _generate_stepped(self, encoded, budgets, stop: Sequence[str], desc: str):
+        def stop_check(tokens: list[int]) -> bool:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            return any(s in text for s in stop)
+
+        with _progress(len(encoded), desc, self.progress) as bar:
+            generated = self._stepped().generate(
+                encoded,
+                budgets,
+                end_id=self.tokenizer.eos_token_id,
+                stop_check=stop_check if stop else None,
+                on_done=lambda _: bar.update(1),
+            )
+        return [
+            self._finish(tokens, budget, stop)
+            for tokens, budget in zip(generated, budgets, strict=True)
+        ]
 
     def _finish(self, tokens: list[int], budget: int, stop: Sequence[str]) -> Generated:
         """One row's answer: up to its end token, its first stop string or its budget

@@ -51,6 +51,20 @@ def unsupported_reason(model) -> str | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return "no decoder layers or rotary embedding where a Llama model keeps them"
+    for name, module in inner.layers[0].named_modules():
+        if name.endswith("_proj") and not _projection_kind(module):
+            return f"{name} is a {type(module).__name__} (LoRA adapters are merged first)"
+    return None
+
+
+def _projection_kind(module) -> str | None:
+    """``float``, ``int8`` or ``int4`` for a layer the decoder can fuse and call."""
+    if type(module) is torch.nn.Linear:
+        return "float"
+    if hasattr(module, "qweight") and hasattr(module, "matmul_bf16"):
+        return "int8"
+    if hasattr(module, "scale_and_zero") and hasattr(module, "matmul_bf16"):
+        return "int4"
     return None
 
 
@@ -72,21 +86,22 @@ def _fused(layers: list) -> object:
     concatenated, int4 nibbles re-packed with their (scale, zero) groups.
     """
     first = layers[0]
+    kind = _projection_kind(first)
     bias = None
     if first.bias is not None:
         bias = torch.cat([layer.bias.detach() for layer in layers])
-    if isinstance(first, torch.nn.Linear):
+    if kind == "float":
         fused = torch.nn.Linear(first.in_features, 1, bias=False, dtype=first.weight.dtype)
         fused.weight = torch.nn.Parameter(
             torch.cat([layer.weight.detach() for layer in layers]), requires_grad=False
         )
         fused.out_features = fused.weight.shape[0]
-    elif hasattr(first, "qweight"):  # int8 rows, one scale per output row
+    elif kind == "int8":  # int8 rows, one scale per output row
         out = sum(layer.out_features for layer in layers)
         fused = type(first)(first.in_features, out, bias=False)
         fused.qweight = torch.cat([layer.qweight for layer in layers])
         fused.scale = torch.cat([layer.scale for layer in layers])
-    elif hasattr(first, "scale_and_zero"):  # int4 groups in the kernel's own layout
+    elif kind == "int4":  # int4 groups in the kernel's own layout
         out = sum(layer.out_features for layer in layers)
         fused = type(first)(first.in_features, out, False, first.group)
         fused.load_nibbles(torch.cat([layer.nibbles() for layer in layers]))
@@ -148,8 +163,7 @@ class StepDecoder:
         if reason is not None:
             raise ValueError(f"the step decoder cannot run this model: {reason}")
         config, inner = model.config, model.model
-        self.slots = slots
-        self.max_len = max_len or config.max_position_embeddings
+        self.context = config.max_position_embeddings
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -160,13 +174,23 @@ class StepDecoder:
         self.lm_head = _Projection(model.lm_head)
         self.layers = [_Layer(layer) for layer in inner.layers]
         with torch.inference_mode():
-            positions = torch.arange(self.max_len)[None]  # (1, L)
+            positions = torch.arange(self.context)[None]  # (1, C)
             probe = torch.zeros(1, 1, self.head_dim, dtype=self.dtype)
             cos, sin = inner.rotary_emb(probe, positions)  # (1, L, D) each
         half = self.head_dim // 2
-        self.cos = cos[0]  # (L, D)
-        self.signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # (L, D)
-        shape = (slots, self.kv_heads, self.max_len, self.head_dim)
+        self.cos = cos[0]  # (C, D)
+        self.signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)  # (C, D)
+        self.slots, self.max_len = 0, 0
+        self.reserve(slots, max_len or self.context)
+
+    def reserve(self, slots: int, max_len: int) -> None:
+        """Caches for at least ``slots`` slots of ``max_len`` positions (at most the
+        model's context). Growing them drops what they held: call between runs."""
+        max_len = min(max_len, self.context)
+        if slots <= self.slots and max_len <= self.max_len:
+            return
+        self.slots, self.max_len = max(slots, self.slots), max(max_len, self.max_len)
+        shape = (self.slots, self.kv_heads, self.max_len, self.head_dim)
         self.keys = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
         self.values = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
 
