@@ -250,12 +250,13 @@ class StepDecoder:
             outputs = []
             for s, (lo, hi), mask in zip(segments, bounds, masks, strict=True):
                 end = s.start + hi - lo
-                keys[s.slot, :, s.start : end] = k[lo:hi].transpose(0, 1)
-                values[s.slot, :, s.start : end] = v[lo:hi].transpose(0, 1)
+                slot_keys, slot_values = keys[s.slot], values[s.slot]  # (kv, L, D)
+                slot_keys[:, s.start : end] = k[lo:hi].transpose(0, 1)
+                slot_values[:, s.start : end] = v[lo:hi].transpose(0, 1)
                 out = functional.scaled_dot_product_attention(
                     q[lo:hi].transpose(0, 1)[None],  # (1, h, T, D)
-                    keys[s.slot, :, :end][None],  # (1, kv, end, D)
-                    values[s.slot, :, :end][None],
+                    slot_keys[None, :, :end],  # (1, kv, end, D)
+                    slot_values[None, :, :end],
                     attn_mask=mask,
                     scale=layer.scaling,
                     enable_gqa=True,
@@ -280,12 +281,15 @@ class StepDecoder:
 
 
 def _rms_norm(module):
-    """The norm as one fused op (``torch.rms_norm``: the same formula as Llama's RMSNorm
-    in one kernel instead of six)."""
+    """The module's RMSNorm as Llama computes it, without the module call. (The
+    fused ``torch.rms_norm`` is slower on a CPU for one row: ~20 us against ~8.)"""
     weight = module.weight.detach()
     eps = getattr(module, "variance_epsilon", None) or module.eps
-    shape = (weight.shape[0],)
-    return lambda x: functional.rms_norm(x, shape, weight, eps)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    return norm
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
