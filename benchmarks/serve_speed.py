@@ -323,12 +323,13 @@ def tables(summary: dict, meta: dict, args) -> list[str]:
 
 def main() -> None:
     args = parse_args()
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    from tutorlm.hardware import reserve_cores_for_engine
+
+    # as `tutorlm serve` does: the engines' threads compute on --threads cores, every
+    # other thread (this one included) on one, so no idle OpenMP pool slows them
+    reserve_cores_for_engine(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
     load_before = arms.load_average()
     log(
         f"{arms.cpu_model()}, {os.cpu_count()} cores, threads {args.threads}, "

@@ -178,14 +178,10 @@ def open_arms(keys: list[str], paths: dict[str, str], args) -> tuple[dict, dict]
 
 
 def engine_threads() -> int:
-    """torch's thread count as seen from a fresh thread (the engines decode in one)."""
-    import torch
+    """torch threads of the engines' decoding threads."""
+    from tutorlm.hardware import engine_threads as threads
 
-    seen = []
-    probe = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    probe.start()
-    probe.join()
-    return seen[0]
+    return threads()
 
 
 # ---- prompts -----------------------------------------------------------------------

@@ -129,3 +129,37 @@ def test_resolve_device_names_the_allowed_values(monkeypatch, setting):
     _gpus(monkeypatch, 1)
     with pytest.raises(HardwareError, match="is not one of auto, cpu, cuda, cuda:N"):
         resolve_device(setting)
+
+
+def test_a_serving_process_keeps_the_cores_for_the_engine_thread():
+    """Before torch loads, every thread but the engine's is held to one core (no idle
+    OpenMP pool to slow the engine's); the engine's thread gets them all."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, threading\n"
+        "from tutorlm.hardware import engine_threads, other_threads_to_one_core\n"
+        "from tutorlm.hardware import reserve_cores_for_engine\n"
+        "reserve_cores_for_engine(3)\n"
+        "import torch\n"
+        "seen, started = [], threading.Event()\n"
+        "def engine():\n"
+        "    torch.set_num_threads(engine_threads())\n"
+        "    seen.append(torch.get_num_threads()); started.set()\n"
+        "worker = threading.Thread(target=engine)\n"
+        "worker.start(); started.wait()\n"
+        "other_threads_to_one_core()\n"
+        "late = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))\n"
+        "late.start(); late.join(); worker.join()\n"
+        "print(os.environ['OMP_NUM_THREADS'], engine_threads(), *seen)\n"
+        "reserve_cores_for_engine(5)\n"  # torch is loaded: too late, nothing changes
+        "print(engine_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    # the environment, the engine's threads, what its thread set, what a later thread gets
+    assert done.stdout.split("\n")[:2] == ["1 3 3 1", "3"]

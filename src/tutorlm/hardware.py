@@ -304,3 +304,51 @@ def halving_batches(owner, items, forward, *, alone: Callable[[BaseException], E
             continue
         yield batch, outputs
         first += len(batch)
+
+
+_ENGINE_THREADS: int | None = None
+
+
+def reserve_cores_for_engine(threads: int | None = None) -> None:
+    """In a serving process, before torch loads: every thread computes on one core but
+    the engine's, which gets them all (:func:`engine_threads`).
+
+    GNU OpenMP keeps a pool of threads per thread that ever ran a parallel op, and once
+    the pools hold more threads than there are cores it stops letting idle ones spin
+    and puts them to sleep after every op. A model loaded on the main thread and then
+    decoded on the engine's thread thus decodes ~45 % slower (31 against 55 tokens/s
+    on the demo's int8 model on 2 cores, docs/benchmarks.md). With
+    ``OMP_NUM_THREADS=1`` no other thread forms a pool. No effect once torch is
+    imported, or when the user set ``OMP_NUM_THREADS``.
+
+    Args:
+        threads: the engine's threads; default :func:`thread_count`.
+    """
+    global _ENGINE_THREADS
+    import sys
+
+    if "torch" in sys.modules or os.environ.get("OMP_NUM_THREADS"):
+        return
+    _ENGINE_THREADS = threads or thread_count()
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def other_threads_to_one_core() -> None:
+    """Once the engine's thread has set its own threads: threads that start torch work
+    from now on use one core (torch hands a new thread the last count set anywhere).
+    Only in a process :func:`reserve_cores_for_engine` prepared."""
+    if _ENGINE_THREADS is None:
+        return
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def engine_threads() -> int:
+    """Torch threads for the thread that decodes: the cores reserved by
+    :func:`reserve_cores_for_engine`, else this thread's own setting."""
+    if _ENGINE_THREADS is not None:
+        return _ENGINE_THREADS
+    import torch
+
+    return torch.get_num_threads()

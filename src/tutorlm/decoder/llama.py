@@ -287,7 +287,9 @@ def _rms_norm(module):
     eps = getattr(module, "variance_epsilon", None) or module.eps
 
     def norm(x: torch.Tensor) -> torch.Tensor:
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+        wide = x.float()  # the same object for float32 activations
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * normed.to(x.dtype)
 
     return norm
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from tutorlm.cli_flags import add_config_flags, add_device_flag, add_online_flag, given, validated
 from tutorlm.commands import Command
 from tutorlm.errors import TutorlmError
+from tutorlm.hardware import reserve_cores_for_engine
 from tutorlm.layout import MODEL_LABELS, RunLayout
 from tutorlm.models import BUNDLED
 from tutorlm.rag.config import RagConfig
@@ -249,6 +250,7 @@ def _configure_chat(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    reserve_cores_for_engine()  # before torch loads: see its docstring
     from tutorlm.serve.chat import ChatSession, run_chat
     from tutorlm.serve.engine import shutdown
 
@@ -314,6 +316,7 @@ def exposure_notes(host: str, port: int, api_key: str | None) -> list[str]:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    reserve_cores_for_engine()  # before torch loads: see its docstring
     from tutorlm.serve.api import create_app
     from tutorlm.serve.engine import shutdown
     from tutorlm.serve.server import is_loopback, run_server

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from tutorlm.errors import TutorlmError
+from tutorlm.hardware import engine_threads, other_threads_to_one_core
 from tutorlm.serve.text import IncrementalText
 from tutorlm.templates import chat_prompt_ids
 
@@ -258,10 +259,13 @@ class LocalEngine:
         self._closed = False
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         """How many batches of each size were decoded (for tests and benchmarks)."""
-        self._worker = threading.Thread(
-            target=self._serve_forever, name="tutorlm-engine", daemon=True
-        )
+        self.threads = engine_threads()
+        """Torch threads of the worker (``tutorlm.hardware.reserve_cores_for_engine``)."""
+        self._threads_set = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="tutorlm-engine", daemon=True)
         self._worker.start()
+        self._threads_set.wait(timeout=30)
+        other_threads_to_one_core()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The conversation rendered by the chat template, ready for the reply; no
@@ -304,6 +308,13 @@ class LocalEngine:
             self._closed = True
             self._cond.notify()
         self._worker.join(timeout=30)
+
+    def _run(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.threads)  # OpenMP settings are per thread
+        self._threads_set.set()
+        self._serve_forever()
 
     def _next_batch(self) -> list[_Job] | None:
         """Wait for a request, then gather compatible ones for up to ``batch_wait_s``."""
