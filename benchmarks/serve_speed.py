@@ -34,6 +34,7 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -107,6 +108,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", default="runs/bench/serve_speed.json")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--docs", default="docs/benchmarks.md", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # JSON job file
     args = parser.parse_args()
     args.arm_keys = [a for a in args.arms.split(",") if a]
     args.load_keys = [a for a in args.load_arms.split(",") if a]
@@ -120,55 +122,102 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(engines: dict, prompts: dict, args) -> dict:
-    """Decode and TTFT requests, every arm in every round (order reversed every other)."""
-    keys = list(engines)
-    found = {phase: {k: [] for k in keys} for phase in ("decode", "ttft_short", "ttft_notes")}
-    for number in range(args.rounds):
-        order = keys if number % 2 == 0 else keys[::-1]
-        for key in order:
-            result = arms.ask(engines[key], prompts["decode"], args.tokens)
-            found["decode"][key].append(result)
-            if (result.get("tokens") or 0) < args.tokens // 2:
-                log(f"warning: {key} stopped after {result.get('tokens')} tokens: {result}")
-            log(
-                f"round {number + 1} decode {key}: {fmt(result.get('decode_tps'))} tokens/s, "
-                f"{result.get('tokens')} tokens {result.get('error') or ''}"
-            )
+def in_worker(job: dict, args) -> dict:
+    """Run one arm's turn in a fresh process and return what it measured.
+
+    One process per turn, as one ``tutorlm serve`` process runs one engine: GNU OpenMP
+    (which torch and llama.cpp's ggml share) keeps a thread pool per thread that ran a
+    parallel op and, once the pools outnumber the cores, puts idle threads to sleep
+    after every op; engines opened side by side in one process slow each other ~2x.
+    """
+    with tempfile.TemporaryDirectory(prefix="serve-speed-job-") as folder:
+        job_file, out_file = Path(folder, "job.json"), Path(folder, "out.json")
+        job_file.write_text(json.dumps({**job, "out": str(out_file)}))
+        command = [sys.executable, __file__, *sys.argv[1:], "--worker", str(job_file)]
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, check=False)
+        if done.returncode != 0 or not out_file.is_file():
+            return {"error": f"worker exited with {done.returncode}"}
+        return json.loads(out_file.read_text())
+
+
+def worker_main(args) -> None:
+    """The worker side of :func:`in_worker`: open the arm's engine, run the job."""
+    job = json.loads(Path(args.worker).read_text())
+    key, prompts = job["key"], job["prompts"]
+    openers, failed = arms.open_arms([key], job["weights"], args)
+    if key in failed:
+        result = {"error": failed[key]}
+    elif job["phase"] == "measure":
+        result = measure_turn(openers[key], prompts, job["round"], args)
+    else:
+        result = load_turn(openers[key], args)
+    Path(job["out"]).write_text(json.dumps(result))
+
+
+def measure_turn(open_engine, prompts: dict, number: int, args) -> dict:
+    """One arm's turn in round ``number``: the decode request, then TTFT samples."""
+    found = {"decode": [], "ttft_short": [], "ttft_notes": []}
+    warm_up = [arms.short_messages(arms.SHORT_QUESTIONS[-1]), prompts["notes"][-1]]
+    with arms.running(open_engine, warm_up) as engine:
+        found["decode"].append(arms.ask(engine, prompts["decode"], args.tokens))
         for sample in range(args.ttft_samples):
             which = (number * args.ttft_samples + sample) % len(arms.SHORT_QUESTIONS)
-            for key in order:
-                for phase, messages in (
-                    ("ttft_short", arms.short_messages(arms.SHORT_QUESTIONS[which])),
-                    ("ttft_notes", prompts["notes"][which % len(prompts["notes"])]),
-                ):
-                    result = arms.ask(engines[key], messages, TTFT_TOKENS)
-                    result.pop("text", None)
-                    found[phase][key].append(result)
-            log(
-                f"round {number + 1} TTFT sample {sample + 1}: "
-                + ", ".join(
-                    f"{k} {fmt(found['ttft_short'][k][-1].get('ttft'))}"
-                    f" / {fmt(found['ttft_notes'][k][-1].get('ttft'))} s"
-                    for k in order
-                )
-            )
+            for phase, messages in (
+                ("ttft_short", arms.short_messages(arms.SHORT_QUESTIONS[which])),
+                ("ttft_notes", prompts["notes"][which % len(prompts["notes"])]),
+            ):
+                timed = arms.ask(engine, messages, TTFT_TOKENS)
+                timed.pop("text", None)
+                found[phase].append(timed)
     return found
 
 
-def load_test(engines: dict, args) -> dict:
-    """One client, then ``--clients`` at once, on each of the load arms."""
+def load_turn(open_engine, args) -> dict:
+    """One client, then ``--clients`` at once, on one engine."""
     pairs = [(n, t) for n in range(args.clients) for t in range(args.requests)]
     questions = list(
         dict.fromkeys(arms.SHORT_QUESTIONS[(n + t) % len(arms.SHORT_QUESTIONS)] for n, t in pairs)
     )
+    with arms.running(open_engine, [arms.short_messages(arms.SHORT_QUESTIONS[-1])]) as engine:
+        alone = arms.run_alone(engine, questions, args.load_tokens)
+        together = arms.run_clients(engine, args.clients, args.requests, args.load_tokens)
+    return {"alone": alone, "together": together}
+
+
+def measure(keys: list[str], weights: dict, prompts: dict, args) -> dict:
+    """Decode and TTFT requests, every arm in every round (order reversed every other),
+    each turn in a process of its own (:func:`in_worker`)."""
+    found = {phase: {k: [] for k in keys} for phase in ("decode", "ttft_short", "ttft_notes")}
+    for number in range(args.rounds):
+        order = keys if number % 2 == 0 else keys[::-1]
+        for key in order:
+            job = {"key": key, "phase": "measure", "round": number}
+            turn = in_worker({**job, "weights": weights, "prompts": prompts}, args)
+            if "error" in turn:
+                turn = {phase: [{"error": turn["error"]}] for phase in found}
+            for phase, results in turn.items():
+                found[phase][key].extend(results)
+            result = turn["decode"][0]
+            if (result.get("tokens") or 0) < args.tokens // 2:
+                log(f"warning: {key} stopped after {result.get('tokens')} tokens: {result}")
+            log(
+                f"round {number + 1} {key}: decode {fmt(result.get('decode_tps'))} tokens/s "
+                f"({result.get('tokens')} tokens), TTFT short / notes "
+                f"{fmt(found['ttft_short'][key][-1].get('ttft'))} / "
+                f"{fmt(found['ttft_notes'][key][-1].get('ttft'))} s {result.get('error') or ''}"
+            )
+    return found
+
+
+def load_test(keys: list[str], weights: dict, prompts: dict, args) -> dict:
+    """The client test on each of the load arms, each in a process of its own."""
     found = {}
-    for key in [k for k in args.load_keys if k in engines]:
-        log(f"clients {key}: {len(questions)} requests alone")
-        alone = arms.run_alone(engines[key], questions, args.load_tokens)
-        log(f"clients {key}: {args.clients} clients x {args.requests} requests")
-        together = arms.run_clients(engines[key], args.clients, args.requests, args.load_tokens)
-        found[key] = {"alone": alone, "together": together}
+    for key in [k for k in args.load_keys if k in keys]:
+        log(f"clients {key}: alone, then {args.clients} clients x {args.requests} requests")
+        job = {"key": key, "phase": "load", "weights": weights, "prompts": prompts}
+        turn = in_worker(job, args)
+        if "error" not in turn:
+            found[key] = turn
     return found
 
 
@@ -325,9 +374,12 @@ def main() -> None:
     args = parse_args()
     from tutorlm.hardware import reserve_cores_for_engine
 
-    # as `tutorlm serve` does: the engines' threads compute on --threads cores, every
-    # other thread (this one included) on one, so no idle OpenMP pool slows them
+    # as `tutorlm serve` does: the engine's thread computes on --threads cores, every
+    # other thread on one, so no idle OpenMP pool slows it
     reserve_cores_for_engine(args.threads)
+    if args.worker:
+        worker_main(args)
+        return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     load_before = arms.load_average()
@@ -355,18 +407,8 @@ def main() -> None:
             tokenizer, args.rag, args.notes_tokens, args.notes_k
         )
         prompts = {"decode": arms.short_messages(arms.LONG_QUESTION), "notes": notes}
-        engines, failed = arms.open_arms(keys, weights, args)
-        skipped.update(failed)
-        try:
-            for key, engine in engines.items():
-                log(f"warming up {key}")
-                arms.ask(engine, arms.short_messages(arms.SHORT_QUESTIONS[-1]), 8)
-                arms.ask(engine, notes[-1], 2)
-            found = measure(engines, prompts, args)
-            load = load_test(engines, args)
-        finally:
-            for engine in engines.values():
-                engine.close()
+        found = measure(keys, weights, prompts, args)
+        load = load_test(keys, weights, prompts, args)
     summary = summarize(found, load, skipped)
     meta = {
         "date": datetime.date.today().isoformat(),

@@ -9,6 +9,7 @@ times are the engine's own (no HTTP).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -125,8 +126,15 @@ def llama_cpp_missing() -> str | None:
 
 
 def open_arms(keys: list[str], paths: dict[str, str], args) -> tuple[dict, dict]:
-    """``({key: engine}, {key: why skipped})``; models are loaded once and shared by
-    the arms that use the same weights (only one engine runs at a time)."""
+    """``({key: open_engine}, {key: why skipped})``: models are loaded once and shared
+    by the arms that use the same weights; each ``open_engine()`` starts a fresh
+    engine (its own decoding thread), which the caller closes after its measure.
+
+    One engine at a time, as one ``tutorlm serve`` process runs one: GNU OpenMP keeps
+    a thread pool per thread that ran a parallel op and, once the pools outnumber the
+    cores, puts idle threads to sleep after every op, so engines left open slow the
+    one measured (by ~45 % here). A closed engine's thread ends, and its pool with it.
+    """
     import torch
 
     from tutorlm.models import load_model
@@ -134,7 +142,7 @@ def open_arms(keys: list[str], paths: dict[str, str], args) -> tuple[dict, dict]
     from tutorlm.serve.loading import load_serving_model
     from tutorlm.serve.stepped import SteppedEngine, unsupported_reason
 
-    engines, skipped, models = {}, {}, {}
+    openers, skipped, models = {}, {}, {}
     for key in keys:
         family, weights = ARMS[key]
         try:
@@ -150,7 +158,8 @@ def open_arms(keys: list[str], paths: dict[str, str], args) -> tuple[dict, dict]
 
                 path = Path(paths[weights])
                 llama = open_llama(path, n_ctx=args.max_len, n_threads=args.threads)
-                engines[key] = LlamaCppEngine(llama, load_gguf_tokenizer(path), name=key)
+                tokenizer = load_gguf_tokenizer(path)
+                openers[key] = functools.partial(LlamaCppEngine, llama, tokenizer, name=key)
                 continue
             if weights not in models:
                 log(f"loading {weights} from {paths[weights]}")
@@ -163,18 +172,40 @@ def open_arms(keys: list[str], paths: dict[str, str], args) -> tuple[dict, dict]
                 if (why := unsupported_reason(model)) is not None:
                     skipped[key] = f"the stepped engine cannot serve it: {why}"
                     continue
-                engines[key] = SteppedEngine(
-                    model, tokenizer, name=key, max_batch=args.max_batch, max_len=args.max_len
+                openers[key] = functools.partial(
+                    SteppedEngine,
+                    model,
+                    tokenizer,
+                    name=key,
+                    max_batch=args.max_batch,
+                    max_len=args.max_len,
                 )
             else:
-                engines[key] = LocalEngine(
-                    model, tokenizer, name=key, max_batch=args.max_batch, batch_wait_s=0.005
+                openers[key] = functools.partial(
+                    LocalEngine,
+                    model,
+                    tokenizer,
+                    name=key,
+                    max_batch=args.max_batch,
+                    batch_wait_s=0.005,
                 )
         except Exception as error:  # one broken arm must not sink the others
             skipped[key] = f"failed to open: {error!r}"
         if key in skipped:
             log(f"skipping {key}: {skipped[key]}")
-    return engines, skipped
+    return openers, skipped
+
+
+@contextlib.contextmanager
+def running(open_engine, warm_up: list):
+    """An engine, warmed up on ``warm_up`` messages (2 tokens each), closed after."""
+    engine = open_engine()
+    try:
+        for messages in warm_up:
+            ask(engine, messages, 2)
+        yield engine
+    finally:
+        engine.close()
 
 
 def engine_threads() -> int:

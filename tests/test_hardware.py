@@ -144,15 +144,16 @@ def test_a_serving_process_keeps_the_cores_for_the_engine_thread():
         "from tutorlm.hardware import reserve_cores_for_engine\n"
         "reserve_cores_for_engine(3)\n"
         "import torch\n"
-        "seen, started = [], threading.Event()\n"
+        "seen, started, later = [], threading.Event(), threading.Event()\n"
         "def engine():\n"
         "    torch.set_num_threads(engine_threads())\n"
-        "    seen.append(torch.get_num_threads()); started.set()\n"
+        "    seen.append(torch.get_num_threads()); started.set(); later.wait()\n"
+        "    seen.append(torch.get_num_threads())\n"
         "worker = threading.Thread(target=engine)\n"
         "worker.start(); started.wait()\n"
         "other_threads_to_one_core()\n"
         "late = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))\n"
-        "late.start(); late.join(); worker.join()\n"
+        "late.start(); late.join(); later.set(); worker.join()\n"
         "print(os.environ['OMP_NUM_THREADS'], engine_threads(), *seen)\n"
         "reserve_cores_for_engine(5)\n"  # torch is loaded: too late, nothing changes
         "print(engine_threads())\n"
@@ -161,5 +162,6 @@ def test_a_serving_process_keeps_the_cores_for_the_engine_thread():
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
     )
-    # the environment, the engine's threads, what its thread set, what a later thread gets
-    assert done.stdout.split("\n")[:2] == ["1 3 3 1", "3"]
+    # the environment, the engine's threads, what its thread set, what a later thread
+    # gets, what the engine's thread still has once the others went to one core
+    assert done.stdout.split("\n")[:2] == ["1 3 3 1 3", "3"]

@@ -319,15 +319,16 @@ def reserve_cores_for_engine(threads: int | None = None) -> None:
     decoded on the engine's thread thus decodes ~45 % slower (31 against 55 tokens/s
     on the demo's int8 model on 2 cores, docs/benchmarks.md). With
     ``OMP_NUM_THREADS=1`` no other thread forms a pool. No effect once torch is
-    imported, or when the user set ``OMP_NUM_THREADS``.
+    imported.
 
     Args:
-        threads: the engine's threads; default :func:`thread_count`.
+        threads: the engine's threads; default :func:`thread_count` (which reads a
+            user's ``OMP_NUM_THREADS``).
     """
     global _ENGINE_THREADS
     import sys
 
-    if "torch" in sys.modules or os.environ.get("OMP_NUM_THREADS"):
+    if "torch" in sys.modules:
         return
     _ENGINE_THREADS = threads or thread_count()
     os.environ["OMP_NUM_THREADS"] = "1"

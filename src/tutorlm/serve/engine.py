@@ -312,7 +312,11 @@ class LocalEngine:
     def _run(self) -> None:
         import torch
 
-        torch.set_num_threads(self.threads)  # OpenMP settings are per thread
+        # OpenMP settings are per thread, and torch fixes a thread's own on its first
+        # use (a parallel op, get_num_threads) from the last count set anywhere: set
+        # it here, and fix it now, before other threads go to one core
+        torch.set_num_threads(self.threads)
+        torch.get_num_threads()
         self._threads_set.set()
         self._serve_forever()
 
