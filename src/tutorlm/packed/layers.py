@@ -211,6 +211,15 @@ class PackedInt4Linear(nn.Module):
         q_t = torch._weight_int4pack_mm_for_cpu(eye, self.packed, self.group, unit.contiguous())
         return pack_nibbles(q_t.t().round().to(torch.uint8))  # (N, K/2)
 
+    def dequantized(self) -> torch.Tensor:
+        """The weight as bf16 (N, K): each ``(q - 8) * scale + zero`` as the kernel
+        computes it, rounded to bf16 (read back by multiplying the identity)."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        weight_t = torch._weight_int4pack_mm_for_cpu(
+            eye, self.packed, self.group, self.scale_and_zero
+        )  # (K, N)
+        return weight_t.t().contiguous()
+
     def matmul_bf16(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows W^T`` for bf16 ``rows`` (M, K): bf16 (M, N), no bias."""
         return torch._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scale_and_zero)
