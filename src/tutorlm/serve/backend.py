@@ -22,7 +22,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tutorlm.serve.engine import EngineBusy, EngineError, Finish, GenerationRequest, TokenStream
+from tutorlm.serve.engine import (
+    EngineBusy,
+    EngineError,
+    Finish,
+    GenerationRequest,
+    TokenStream,
+    past_deadline,
+)
 from tutorlm.templates import chat_prompt_ids
 
 logger = logging.getLogger(__name__)
@@ -178,7 +185,7 @@ class RemoteEngine:
                         f"the backend answered {reply.status_code}: {_message(reply)}"
                     )
                 for line in reply.iter_lines():
-                    if stream.cancelled.is_set() or _past(request.deadline):
+                    if stream.cancelled.is_set() or past_deadline(request.deadline):
                         break
                     if not line.startswith("data:"):
                         continue
@@ -240,10 +247,6 @@ class _Counted:
 
     def tokens(self) -> int:
         return len(self._ids("".join(self.pieces)))
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
 
 
 def _message(reply) -> str:

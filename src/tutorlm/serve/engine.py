@@ -195,10 +195,12 @@ class _Row:
     done: bool = False
     reason: str = "length"
 
-    def take(self, token: int, end_ids: set[int]) -> None:
-        """One new token of this reply: streamed as text, or the reason the reply ends."""
+    def take(self, token: int, end_ids: set[int]) -> bool:
+        """One new token of this reply: streamed as text, or the reason the reply ends
+        (an end-of-turn id or a stop string: ``stop``; ``max_tokens``, the deadline or
+        a cancelled stream: ``length``). Returns whether the reply is over."""
         if self.done:
-            return
+            return True
         if self.stream.cancelled.is_set():
             self.close("length")
         elif token in end_ids:
@@ -210,8 +212,9 @@ class _Row:
                 self.stream.push(piece)
             if self.text.stopped:
                 self.close("stop")
-            elif self.generated >= self.request.max_tokens or _past(self.request.deadline):
+            elif self.generated >= self.request.max_tokens or past_deadline(self.request.deadline):
                 self.close("length")
+        return self.done
 
     def close(self, reason: str) -> None:
         if self.done:
@@ -236,36 +239,22 @@ class _Job:
         return (self.request.temperature, self.request.top_p)
 
 
-class LocalEngine:
-    """A transformers model behind a request queue, decoded in batches by one thread."""
+class QueuedEngine:
+    """What every in-process engine shares: our template's prompt ids, a cap on the
+    requests in progress, and a queue a worker takes them from.
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        *,
-        name: str,
-        max_batch: int = 8,
-        batch_wait_s: float = 0.005,
-        max_queue: int = 64,
-    ):
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.context_window: int | None = getattr(model.config, "max_position_embeddings", None)
-        """Most tokens, prompt and reply together, that the model was built for."""
-        self.max_batch, self.batch_wait_s, self.max_queue = max_batch, batch_wait_s, max_queue
+    Args:
+        tokenizer: the served model's tokenizer, with the chat template.
+        name: the served model id.
+        max_queue: requests queued or running; more get ``EngineBusy``.
+    """
+
+    def __init__(self, tokenizer, *, name: str, max_queue: int):
+        self.tokenizer, self.name, self.max_queue = tokenizer, name, max_queue
         self._pending: collections.deque[_Job] = collections.deque()
         self._active = 0  # requests queued or running
         self._cond = threading.Condition()
         self._closed = False
-        self.batch_sizes: collections.Counter[int] = collections.Counter()
-        """How many batches of each size were decoded (for tests and benchmarks)."""
-        self.threads = engine_threads()
-        """Torch threads of the worker (``tutorlm.hardware.reserve_cores_for_engine``)."""
-        self._threads_set = threading.Event()
-        self._worker = threading.Thread(target=self._run, name="tutorlm-engine", daemon=True)
-        self._worker.start()
-        self._threads_set.wait(timeout=30)
-        other_threads_to_one_core()
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """The conversation rendered by the chat template, ready for the reply; no
@@ -281,6 +270,23 @@ class LocalEngine:
         """Requests queued or running now."""
         return self._active
 
+    def _take_place(self) -> None:
+        """Count one more request in progress (call with ``_cond`` held).
+
+        Raises:
+            EngineBusy: when ``max_queue`` requests are already in progress.
+        """
+        if self._closed:
+            raise EngineError("the engine is shut down")
+        if self._active >= self.max_queue:
+            raise EngineBusy(f"server busy: {self._active} requests in progress; retry later")
+        self._active += 1
+
+    def _release(self) -> None:
+        """A reply has ended: its place is free."""
+        with self._cond:
+            self._active -= 1
+
     def submit(
         self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None
     ) -> TokenStream:
@@ -293,21 +299,50 @@ class LocalEngine:
         stream.on_end = self._release
         job = _Job(request, stream, self.prompt_ids(request.messages))
         with self._cond:
-            if self._closed:
-                raise EngineError("the engine is shut down")
-            if self._active >= self.max_queue:
-                raise EngineBusy(f"server busy: {self._active} requests in progress; retry later")
-            self._active += 1
+            self._take_place()
             self._pending.append(job)
             self._cond.notify()
         return stream
 
-    def close(self) -> None:
-        """Stop the worker after the running batch; queued requests get an error."""
+    def _stop_worker(self, worker: threading.Thread) -> None:
+        """Stop the worker after what it is running; queued requests get an error."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._worker.join(timeout=30)
+        worker.join(timeout=30)
+
+
+class LocalEngine(QueuedEngine):
+    """A transformers model behind a request queue, decoded in batches by one thread."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str,
+        max_batch: int = 8,
+        batch_wait_s: float = 0.005,
+        max_queue: int = 64,
+    ):
+        super().__init__(tokenizer, name=name, max_queue=max_queue)
+        self.model = model
+        self.context_window: int | None = getattr(model.config, "max_position_embeddings", None)
+        """Most tokens, prompt and reply together, that the model was built for."""
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
+        self.batch_sizes: collections.Counter[int] = collections.Counter()
+        """How many batches of each size were decoded (for tests and benchmarks)."""
+        self.threads = engine_threads()
+        """Torch threads of the worker (``tutorlm.hardware.reserve_cores_for_engine``)."""
+        self._threads_set = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="tutorlm-engine", daemon=True)
+        self._worker.start()
+        self._threads_set.wait(timeout=30)
+        other_threads_to_one_core()
+
+    def close(self) -> None:
+        """Stop the worker after the running batch; queued requests get an error."""
+        self._stop_worker(self._worker)
 
     def _run(self) -> None:
         import torch
@@ -366,11 +401,6 @@ class LocalEngine:
                 logger.exception("generation failed for a batch of %d", len(runnable))
                 for job in runnable:
                     job.stream.push(EngineError("generation failed; the server's log has why"))
-
-    def _release(self) -> None:
-        """A reply has ended: its place in the queue is free."""
-        with self._cond:
-            self._active -= 1
 
     def _generate(self, jobs: list[_Job]) -> None:
         """One left-padded ``generate`` over the batch, streamed row by row."""
@@ -461,13 +491,14 @@ class _RowStopper:
             or row.text.stopped
             or row.stream.cancelled.is_set()
             or produced >= row.request.max_tokens
-            or _past(row.request.deadline)
+            or past_deadline(row.request.deadline)
             for row in self.rows
         ]
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
-def _past(deadline: float | None) -> bool:
+def past_deadline(deadline: float | None) -> bool:
+    """Whether a request's deadline (``time.monotonic()``) has passed."""
     return deadline is not None and time.monotonic() >= deadline
 
 

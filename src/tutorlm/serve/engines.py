@@ -18,9 +18,6 @@ the model, else ``transformers``. ``--engine transformers`` or ``stepped`` on a 
 serve it dequantized to float (``tutorlm.models.load_model``), not as llama.cpp computes
 it. An explicit choice that cannot work fails before anything is loaded (a model takes
 minutes to load; the mistake takes none).
-
-The per-token rule shared by the engines that decode one token at a time outside
-``engine.py`` (llama.cpp, vLLM) lives here too: :func:`take_token`.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +35,6 @@ if TYPE_CHECKING:
     import argparse
 
     from tutorlm.serve.commands import Settings
-    from tutorlm.serve.engine import _Row
 
 ENGINES = ("auto", "transformers", "stepped", "llama.cpp", "vllm")
 """The values of ``--engine``."""
@@ -245,35 +240,3 @@ def _open_local(plan: EnginePlan, args: argparse.Namespace, settings: Settings):
         max_queue=config.max_queue,
     )
     return engine, plan
-
-
-def take_token(row: _Row, token: int, end_ids: set[int]) -> bool:
-    """Add one generated token to a reply; True once the reply is over (and closed).
-
-    The same rule, token for token, as ``LocalEngine``'s streamer: an end-of-turn id
-    ends the reply without counting or showing it; a stop string ends it before the
-    stop string; ``max_tokens``, the deadline and a cancelled stream end it as
-    ``length``.
-    """
-    if row.done:
-        return True
-    if row.stream.cancelled.is_set():
-        row.close("length")
-        return True
-    if token in end_ids:
-        row.close("stop")
-        return True
-    row.generated += 1
-    piece = row.text.add(token)
-    if piece:
-        row.stream.push(piece)
-    if row.text.stopped:
-        row.close("stop")
-    elif row.generated >= row.request.max_tokens or past(row.request.deadline):
-        row.close("length")
-    return row.done
-
-
-def past(deadline: float | None) -> bool:
-    """Whether a request's deadline (``time.monotonic()``) has passed."""
-    return deadline is not None and time.monotonic() >= deadline

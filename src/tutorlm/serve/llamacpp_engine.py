@@ -20,25 +20,21 @@ llama.cpp's cache for it (``generate(reset=True)`` keeps the common prefix).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import secrets
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tutorlm.serve.engine import (
     EngineBusy,
     EngineError,
     GenerationRequest,
-    TokenStream,
+    QueuedEngine,
+    _Job,
     _Row,
+    past_deadline,
 )
-from tutorlm.serve.engines import past, take_token
 from tutorlm.serve.text import IncrementalText
-from tutorlm.templates import chat_prompt_ids
 
 LLAMACPP_INSTALL = "pip install 'tutorlm[llamacpp]'"
 
@@ -131,15 +127,7 @@ def llama_sampling(request: GenerationRequest) -> dict:
     }
 
 
-@dataclass
-class _Job:
-    request: GenerationRequest
-    stream: TokenStream
-    prompt_ids: list[int]
-    queued_at: float = field(default_factory=time.monotonic)
-
-
-class LlamaCppEngine:
+class LlamaCppEngine(QueuedEngine):
     """A ``llama_cpp.Llama`` behind a request queue, decoded one request at a time.
 
     Args:
@@ -151,67 +139,22 @@ class LlamaCppEngine:
     """
 
     def __init__(self, llama, tokenizer, *, name: str, max_queue: int = 64):
-        self.llama, self.tokenizer, self.name = llama, tokenizer, name
-        self.max_queue = max_queue
+        super().__init__(tokenizer, name=name, max_queue=max_queue)
+        self.llama = llama
         self.context_window: int | None = llama.n_ctx()
         """Most tokens, prompt and reply together, that llama.cpp's context holds."""
         self.end_ids = {i for i in (tokenizer.eos_token_id, llama.token_eos()) if i is not None}
         self.end_ids.discard(-1)  # llama.cpp's "no such token"
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._active = 0
-        self._cond = threading.Condition()
-        self._closed = False
         self._worker = threading.Thread(
             target=self._serve_forever, name="tutorlm-llamacpp", daemon=True
         )
         self._worker.start()
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The conversation in our chat template's token ids, ready for the reply."""
-        return chat_prompt_ids(self.tokenizer, messages)
-
-    def count_prompt_tokens(self, messages: list[dict]) -> int:
-        """Prompt length in tokens, as ``usage.prompt_tokens`` will report it."""
-        return len(self.prompt_ids(messages))
-
-    @property
-    def load(self) -> int:
-        """Requests queued or running now."""
-        return self._active
-
-    def submit(
-        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None
-    ) -> TokenStream:
-        """Queue a request; its reply streams into the returned :class:`TokenStream`.
-
-        Raises:
-            EngineBusy: when ``max_queue`` requests are already queued or running.
-        """
-        stream = TokenStream(loop, request.deadline)
-        stream.on_end = self._release
-        job = _Job(request, stream, self.prompt_ids(request.messages))
-        with self._cond:
-            if self._closed:
-                raise EngineError("the engine is shut down")
-            if self._active >= self.max_queue:
-                raise EngineBusy(f"server busy: {self._active} requests in progress; retry later")
-            self._active += 1
-            self._pending.append(job)
-            self._cond.notify()
-        return stream
-
     def close(self) -> None:
         """Stop after the running request; queued ones get an error; free the model."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._worker.join(timeout=30)
+        self._stop_worker(self._worker)
         if not self._worker.is_alive():
             self.llama.close()
-
-    def _release(self) -> None:
-        with self._cond:
-            self._active -= 1
 
     def _next_job(self) -> _Job | None:
         with self._cond:
@@ -229,7 +172,7 @@ class LlamaCppEngine:
             if job.stream.cancelled.is_set():
                 job.stream.push(EngineError("cancelled"))
                 continue
-            if past(job.request.deadline):
+            if past_deadline(job.request.deadline):
                 job.stream.push(EngineBusy("timed out waiting in the queue; retry later"))
                 continue
             try:
@@ -259,7 +202,7 @@ class LlamaCppEngine:
         tokens = self.llama.generate(job.prompt_ids, reset=True, **llama_sampling(job.request))
         try:
             for token in tokens:
-                if take_token(row, int(token), self.end_ids):
+                if row.take(int(token), self.end_ids):
                     break
                 if row.generated >= room:  # the next token would not fit the context
                     row.close("length")

@@ -25,10 +25,16 @@ greedy reply can differ in a near tie.
 from __future__ import annotations
 
 import logging
-import time
 
 from tutorlm.decoder import Reply, Scheduler, StepDecoder
-from tutorlm.serve.engine import EngineBusy, EngineError, LocalEngine, _Job, _Row
+from tutorlm.serve.engine import (
+    EngineBusy,
+    EngineError,
+    LocalEngine,
+    _Job,
+    _Row,
+    past_deadline,
+)
 from tutorlm.serve.text import IncrementalText
 
 logger = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ class _Flight(Reply):
     @property
     def finished(self) -> bool:
         row = self.row
-        if not row.done and (row.stream.cancelled.is_set() or _past(row.request.deadline)):
+        if not row.done and (row.stream.cancelled.is_set() or past_deadline(row.request.deadline)):
             row.close("length")
         return row.done
 
@@ -132,7 +138,7 @@ class SteppedEngine(LocalEngine):
         if job.stream.cancelled.is_set():
             job.stream.push(EngineError("cancelled"))
             return None
-        if _past(job.request.deadline):
+        if past_deadline(job.request.deadline):
             job.stream.push(EngineBusy("timed out waiting in the queue; retry later"))
             return None
         room = self.scheduler.room(job.prompt_ids)
@@ -147,7 +153,3 @@ class SteppedEngine(LocalEngine):
         job.request.max_tokens = min(job.request.max_tokens, room)  # then "length"
         text = IncrementalText(self.tokenizer, job.request.stop)
         return _Flight(_Row(job.request, job.stream, job.prompt_ids, text), end_ids)
-
-
-def _past(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline

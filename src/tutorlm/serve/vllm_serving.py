@@ -7,7 +7,7 @@ requests to it and streams their tokens back:
 - prompts are token ids of OUR chat template (``{"prompt_token_ids": ids}``), so
   vLLM never renders a template of its own;
 - vLLM's outputs carry the reply's token ids so far (cumulative); each new id goes
-  through the same rule as every other engine (:func:`take_token`: end-of-turn ids,
+  through the same rule as every other engine (``engine._Row.take``: end-of-turn ids,
   stop strings by :class:`IncrementalText`, ``max_tokens``, deadline), so replies and
   usage are counted alike whatever engine serves;
 - a reply that ends on our side (stop string, deadline, client gone) aborts its vLLM
@@ -30,10 +30,16 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from tutorlm.serve.engine import EngineBusy, EngineError, GenerationRequest, TokenStream, _Row
-from tutorlm.serve.engines import past, take_token
+from tutorlm.serve.engine import (
+    EngineBusy,
+    EngineError,
+    GenerationRequest,
+    QueuedEngine,
+    TokenStream,
+    _Row,
+    past_deadline,
+)
 from tutorlm.serve.text import IncrementalText
-from tutorlm.templates import chat_prompt_ids
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +130,7 @@ def end_of_turn_ids(path: Path, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-class VllmServingEngine:
+class VllmServingEngine(QueuedEngine):
     """vLLM's async engine behind the engine interface, on an event loop of its own.
 
     Args:
@@ -146,13 +152,10 @@ class VllmServingEngine:
         max_queue: int = 64,
         end_ids: set[int] | None = None,
     ):
-        self.tokenizer, self.name, self.max_queue = tokenizer, name, max_queue
+        super().__init__(tokenizer, name=name, max_queue=max_queue)  # no queue: vLLM's
         self._sampling_params = sampling_params
         self.end_ids = end_ids or {tokenizer.eos_token_id} - {None}
         self._ids = itertools.count()
-        self._active = 0
-        self._lock = threading.Lock()
-        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tutorlm-vllm", daemon=True
@@ -175,19 +178,6 @@ class VllmServingEngine:
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop)
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        """The conversation in our chat template's token ids, ready for the reply."""
-        return chat_prompt_ids(self.tokenizer, messages)
-
-    def count_prompt_tokens(self, messages: list[dict]) -> int:
-        """Prompt length in tokens, as ``usage.prompt_tokens`` will report it."""
-        return len(self.prompt_ids(messages))
-
-    @property
-    def load(self) -> int:
-        """Requests in vLLM's hands now."""
-        return self._active
-
     def submit(
         self, request: GenerationRequest, loop: asyncio.AbstractEventLoop | None = None
     ) -> TokenStream:
@@ -203,12 +193,8 @@ class VllmServingEngine:
             self.prompt_ids(request.messages),
             IncrementalText(self.tokenizer, request.stop),
         )
-        with self._lock:
-            if self._closed:
-                raise EngineError("the engine is shut down")
-            if self._active >= self.max_queue:
-                raise EngineBusy(f"server busy: {self._active} requests in progress; retry later")
-            self._active += 1
+        with self._cond:
+            self._take_place()
         task: list[Future] = []
         stream.on_end = lambda: self._ended(stream, task)
         task.append(asyncio.run_coroutine_threadsafe(self._reply(row), self._loop))
@@ -216,7 +202,7 @@ class VllmServingEngine:
 
     def close(self) -> None:
         """Abort what is running, shut vLLM down and stop the loop."""
-        with self._lock:
+        with self._cond:
             self._closed = True
         shutdown = getattr(self.engine, "shutdown", None)
         if shutdown is not None:
@@ -240,8 +226,7 @@ class VllmServingEngine:
 
     def _ended(self, stream: TokenStream, task: list[Future]) -> None:
         """A reply has ended (or its reader left): free its place; abort it if still running."""
-        with self._lock:
-            self._active -= 1
+        self._release()
         if stream.cancelled.is_set() and task:
             task[0].cancel()  # cancels the coroutine, whose vLLM request is then aborted
 
@@ -250,7 +235,7 @@ class VllmServingEngine:
         if row.stream.cancelled.is_set():
             row.stream.push(EngineError("cancelled"))
             return
-        if past(row.request.deadline):
+        if past_deadline(row.request.deadline):
             row.stream.push(EngineBusy("timed out waiting in the queue; retry later"))
             return
         params = self._sampling_params(**vllm_sampling(row.request, self.end_ids))
@@ -286,7 +271,7 @@ class VllmServingEngine:
             async for output in outputs:
                 best = output.outputs[0]
                 for token in best.token_ids[seen:]:
-                    if take_token(row, int(token), self.end_ids):
+                    if row.take(int(token), self.end_ids):
                         break
                 seen = len(best.token_ids)
                 if output.finished:
