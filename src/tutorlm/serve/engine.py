@@ -304,6 +304,18 @@ class QueuedEngine:
             self._cond.notify()
         return stream
 
+    def _wait_for_job(self) -> _Job | None:
+        """The oldest queued request, once there is one (call with ``_cond`` held);
+        None once the engine is closed, the queued requests then told so."""
+        while not self._pending and not self._closed:
+            self._cond.wait()
+        if self._closed:
+            for job in self._pending:
+                job.stream.push(EngineError("the engine is shut down"))
+            self._pending.clear()
+            return None
+        return self._pending.popleft()
+
     def _stop_worker(self, worker: threading.Thread) -> None:
         """Stop the worker after what it is running; queued requests get an error."""
         with self._cond:
@@ -358,14 +370,9 @@ class LocalEngine(QueuedEngine):
     def _next_batch(self) -> list[_Job] | None:
         """Wait for a request, then gather compatible ones for up to ``batch_wait_s``."""
         with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                for job in self._pending:
-                    job.stream.push(EngineError("the engine is shut down"))
-                self._pending.clear()
+            first = self._wait_for_job()
+            if first is None:
                 return None
-            first = self._pending.popleft()
             batch = [first]
             until = time.monotonic() + self.batch_wait_s
             while len(batch) < self.max_batch:

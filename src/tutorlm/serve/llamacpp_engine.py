@@ -158,14 +158,7 @@ class LlamaCppEngine(QueuedEngine):
 
     def _next_job(self) -> _Job | None:
         with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
-            if self._closed:
-                for job in self._pending:
-                    job.stream.push(EngineError("the engine is shut down"))
-                self._pending.clear()
-                return None
-            return self._pending.popleft()
+            return self._wait_for_job()
 
     def _serve_forever(self) -> None:
         while (job := self._next_job()) is not None:
