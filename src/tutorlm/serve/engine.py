@@ -8,9 +8,11 @@ belong to, row by row, so replies never mix. ``max_batch=1`` serves one request 
 a time, which is what a lock around ``generate`` would do; docs/benchmarks.md
 compares the two.
 
-Each reply is a :class:`TokenStream` that both threads (the terminal chat) and
-asyncio code (the HTTP API) can read. Both engines, this one and the remote one in
-``backend.py``, offer the same two methods: ``count_prompt_tokens`` and ``submit``.
+Each reply is a :class:`TokenStream` (``stream.py``) that both threads (the terminal
+chat) and asyncio code (the HTTP API) can read. :class:`QueuedEngine` holds what every
+in-process engine shares (this one, ``stepped.py``, ``llamacpp_engine.py``,
+``vllm_serving.py``); all of them and the remote one in ``backend.py`` offer the same
+two methods: ``count_prompt_tokens`` and ``submit``.
 """
 
 from __future__ import annotations
@@ -19,19 +21,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-from tutorlm.errors import TutorlmError
 from tutorlm.hardware import engine_threads, other_threads_to_one_core
+from tutorlm.serve.stream import EngineBusy, EngineError, Finish, TokenStream
 from tutorlm.serve.text import IncrementalText
 from tutorlm.templates import chat_prompt_ids
-
-CONSUMER_GRACE_S = 10.0
-"""Extra time a reader waits past a request's deadline before giving up on the engine."""
 
 GREEDY_BELOW = 1e-3
 """Temperatures below this decode greedily. Sampling there already picks the top token
@@ -39,14 +36,6 @@ but for near ties (a logit gap of 0.01 becomes a factor of e^10), and far below 
 ``logits / temperature`` overflows float32 to inf and the softmax yields NaN."""
 
 logger = logging.getLogger(__name__)
-
-
-class EngineError(TutorlmError):
-    """Generation failed for a reason the client can be told."""
-
-
-class EngineBusy(EngineError):
-    """The queue is full, or a request waited past its deadline (HTTP 503)."""
 
 
 @dataclass
@@ -72,115 +61,6 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         if self.temperature < GREEDY_BELOW:
             self.temperature = 0.0
-
-
-@dataclass(frozen=True)
-class Finish:
-    """How a reply ended and what it cost, in tokens of the model's tokenizer.
-
-    ``reason`` is ``"stop"`` (end-of-turn token or a stop string) or ``"length"``
-    (``max_tokens`` or the request's deadline reached).
-    """
-
-    reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class TokenStream:
-    """The pieces of one reply, pushed by an engine thread, read by sync or async code.
-
-    An async reader passes its event loop at creation: pieces are then handed over
-    with ``call_soon_threadsafe`` and no thread is parked per request. After the
-    stream is read to its end, ``finish`` holds the :class:`Finish`.
-    """
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop | None = None, deadline: float | None = None
-    ):
-        self._loop = loop
-        self._deadline = deadline
-        self._sync: queue.SimpleQueue = queue.SimpleQueue()
-        self._async: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
-        self.cancelled = threading.Event()
-        self.finish: Finish | None = None
-        self.first_token_at: float | None = None
-        self.on_end = None
-        """Called once: when the last item is pushed, or when the stream is cancelled,
-        whichever comes first (a client that leaves frees its place in the queue at
-        once, even while the engine is still blocked on its behalf)."""
-        self._ended = False
-        self._end_lock = threading.Lock()
-
-    def push(self, item: str | Finish | BaseException) -> None:
-        """Called by the engine: text pieces, then one ``Finish`` or exception."""
-        if isinstance(item, str):
-            if self.first_token_at is None:
-                self.first_token_at = time.monotonic()
-        else:
-            self._end()
-        if self._loop is None:
-            self._sync.put(item)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, item)
-        except RuntimeError:  # the reader's loop is closed: nobody is listening any more
-            self.cancelled.set()
-
-    def cancel(self) -> None:
-        """Stop generating this reply (the client went away, or it has been read)."""
-        self.cancelled.set()
-        self._end()
-
-    def _end(self) -> None:
-        with self._end_lock:
-            if self._ended:
-                return
-            self._ended = True
-        if self.on_end is not None:
-            self.on_end()
-
-    def _wait_s(self) -> float | None:
-        if self._deadline is None:
-            return None
-        return max(0.1, self._deadline + CONSUMER_GRACE_S - time.monotonic())
-
-    def _take(self, item) -> str | None:
-        if isinstance(item, Finish):
-            self.finish = item
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def _stalled(self) -> EngineError:
-        """Give up on a request whose engine sent nothing in time (and free its slot)."""
-        self.cancel()
-        return EngineError("the engine stopped answering this request")
-
-    def __iter__(self) -> Iterator[str]:
-        while True:
-            try:
-                piece = self._take(self._sync.get(timeout=self._wait_s()))
-            except queue.Empty:
-                raise self._stalled() from None
-            if piece is None:
-                return
-            yield piece
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        while True:
-            try:
-                item = await asyncio.wait_for(self._async.get(), timeout=self._wait_s())
-            except TimeoutError:
-                raise self._stalled() from None
-            if (piece := self._take(item)) is None:
-                return
-            yield piece
-
-    def text(self) -> str:
-        """Read the whole reply (blocking; sync streams only)."""
-        return "".join(self)
 
 
 @dataclass
