@@ -53,6 +53,8 @@ def test_report_has_every_section_filled(smoke_run):
     assert "Not available" not in text
     assert "| M0 |" in text and "| M2 |" in text
     assert "tutorlm chat --model" in text
+    served = json.loads((smoke_run / "served.json").read_text())  # what serve --recipe takes
+    assert f"tutorlm chat --model {served['model']}" in text
 
 
 def test_second_run_skips_every_stage(smoke_run, capsys):

@@ -106,3 +106,25 @@ def test_the_directory_name_is_not_served(server):
     assert reply.json()["error"]["message"] == (
         "model 'merged' is not served here; this server serves 'demo-M2'"
     )
+
+
+def test_a_recipe_serves_the_model_its_run_handed_over(tmp_path):
+    """The run's report writes ``served.json`` (its int8 copy once that met its target);
+    ``serve --recipe`` and ``chat --recipe`` serve that model, named for what it is."""
+    import json
+
+    recipe = tmp_path / "demo.yaml"
+    recipe.write_text(f"name: demo\nrun_root: {tmp_path}/runs\n")
+    model_dir(tmp_path / "runs/demo/dpo/merged")
+    int8 = model_dir(tmp_path / "runs/demo/quantize/models/int8-packed")
+    (int8 / "quantization.json").write_text("{}")
+    choice = tmp_path / "runs/demo/served.json"
+    choice.write_text(json.dumps({"model": str(int8), "why": "int8-packed M2: it met ..."}))
+    for configure in (_configure_serve, _configure_chat):
+        chosen = settings("--recipe", str(recipe), configure=configure)
+        assert (chosen.model, chosen.name) == (str(int8), "demo-M2-int8-packed")
+    choice.write_text(json.dumps({"model": str(tmp_path / "runs/demo/gone"), "why": "..."}))
+    chosen = settings("--recipe", str(recipe))
+    assert (chosen.model, chosen.name) == (str(tmp_path / "runs/demo/dpo/merged"), "demo-M2")
+    choice.write_text("not json")
+    assert settings("--recipe", str(recipe)).name == "demo-M2"

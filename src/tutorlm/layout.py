@@ -174,6 +174,11 @@ class RunLayout:
         """The quantize stage's comparison (``compare.md``; ``compare.json`` beside it)."""
         return self.quantize_dir / "compare.md"
 
+    def served_choice(self) -> Path:
+        """``served.json``: the model the run hands to ``chat`` / ``serve`` and why
+        (written with the report, read by ``serve --recipe`` and ``chat --recipe``)."""
+        return self.run_dir / "served.json"
+
     def quantized_model(self, method: str) -> Path:
         """The quantize stage's copy of the run's model made by ``method``
         (``quantize/models/int8-packed``); ``serve``, ``chat`` and ``ask`` load it."""

@@ -12,6 +12,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tutorlm.data.formats import atomic_write_text
 from tutorlm.layout import MODEL_LABELS, tutor_commands
 from tutorlm.pipeline.runner import PipelineState
 from tutorlm.pipeline.tutor_report import tutor_section
@@ -173,6 +174,9 @@ def _use(recipe: Recipe) -> Section:
     from tutorlm.pipeline.targets import served_model
 
     model, why = served_model(recipe)
+    atomic_write_text(
+        recipe.layout.served_choice(), json.dumps({"model": model, "why": why}, indent=2)
+    )
     commands = tutor_commands(model, recipe.layout.index)
     text = (
         f"The tutor to talk to is {why}.\n\n"

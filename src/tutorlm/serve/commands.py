@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -197,6 +198,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         model = recipe.layout.final_model()
         label = next(lb for lb in reversed(MODEL_LABELS) if recipe.layout.model(lb) == model)
         run_name = f"{recipe.name}-{label}"
+        if (chosen := _run_choice(recipe.layout)) is not None:  # what `tutorlm run` printed
+            model, run_name = chosen, served_name(chosen)
         index = recipe.layout.index
         rag_dir = str(index) if index.is_dir() else None
     overrides = given(args, "serve")
@@ -217,6 +220,19 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         name=config.served_name or (run_name if not args.model else None) or served_name(served),
         device=getattr(args, "device", None) or device,
     )
+
+
+def _run_choice(layout: RunLayout) -> str | None:
+    """The model the run's report hands to chat and serve (``served.json``: its int8 copy
+    when that met its accuracy target), when it is still there."""
+    path = layout.served_choice()
+    if not path.is_file():
+        return None
+    try:
+        model = json.loads(path.read_text()).get("model")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return model if model and Path(model).exists() else None
 
 
 def build_tutor(args: argparse.Namespace, settings: Settings):
