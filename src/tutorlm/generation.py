@@ -1,15 +1,15 @@
 """Chat generation through a model's own chat template, streamed piece by piece.
 
 One conversation at a time, for a person reading the answer as it comes (``tutorlm
-chat``, ``serve``). Many prompts at once (corruption, generation metrics, samples) go
+ask``) or a stage that wants one reply (quiz writing, the quantize stage's check);
+``tutorlm chat`` and ``serve`` go through an engine (``tutorlm.serve``). Many prompts at once (corruption, generation metrics, samples) go
 through :mod:`tutorlm.bulk`, batched or on vLLM, with the same prompt ids and the same
 greedy rule at temperature 0.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 
 def chat_input_ids(tokenizer, messages: list[dict]):
@@ -40,56 +40,64 @@ def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float) -> dic
     return kwargs
 
 
-def stream_chat(
-    model, tokenizer, messages: list[dict], *, max_new_tokens: int = 256, temperature: float = 0.0
-) -> Iterator[str]:
-    """Yield the assistant's reply as it is generated (text pieces, special tokens removed)."""
+def generate_chat(
+    model,
+    tokenizer,
+    messages: list[dict],
+    emit: Callable[[str], None],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+) -> None:
+    """Generate the assistant's reply, handing each text piece to ``emit`` as it comes
+    (special tokens removed).
+
+    The model runs in the calling thread: a model loaded on one thread and run on
+    another decodes ~45 % slower on a CPU (GNU OpenMP puts the second thread's pool to
+    sleep between ops; ``tutorlm.hardware.reserve_cores_for_engine``), so a one-shot
+    reply is not handed to a worker thread.
+    """
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import TextStreamer
+
+    class _Pieces(TextStreamer):
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                emit(text)
 
     input_ids = chat_input_ids(tokenizer, messages).to(model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature)
-    errors: list[BaseException] = []
-
-    def _generate() -> None:
-        try:
-            with torch.inference_mode():
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    streamer=streamer,
-                    **kwargs,
-                )
-        except BaseException as error:  # surfaced in the caller's thread below
-            errors.append(error)
-            streamer.end()
-
-    worker = threading.Thread(target=_generate, daemon=True)
-    worker.start()
-    yield from streamer
-    worker.join()
-    if errors:
-        raise errors[0]
+    streamer = _Pieces(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            streamer=streamer,
+            **generation_kwargs(tokenizer, max_new_tokens, temperature),
+        )
 
 
 def chat(model, tokenizer, messages: list[dict], **kwargs) -> str:
-    """The whole assistant reply as one string."""
-    return "".join(stream_chat(model, tokenizer, messages, **kwargs))
+    """The whole assistant reply as one string (``kwargs``: :func:`generate_chat`'s)."""
+    pieces: list[str] = []
+    generate_chat(model, tokenizer, messages, pieces.append, **kwargs)
+    return "".join(pieces)
 
 
 def print_chat(model, tokenizer, messages: list[dict], *, out=None, **kwargs) -> str:
     """Stream the reply to ``out`` (stdout) as it is generated, end the line; return it.
 
-    ``kwargs`` are :func:`stream_chat`'s (``max_new_tokens``, ``temperature``).
+    ``kwargs`` are :func:`generate_chat`'s (``max_new_tokens``, ``temperature``).
     """
     import sys
 
     out = out or sys.stdout
-    pieces = []
-    for piece in stream_chat(model, tokenizer, messages, **kwargs):
+    pieces: list[str] = []
+
+    def show(piece: str) -> None:
         pieces.append(piece)
         out.write(piece)
         out.flush()
+
+    generate_chat(model, tokenizer, messages, show, **kwargs)
     out.write("\n")
     return "".join(pieces)
