@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from serve_load import QUESTIONS  # benchmarks/ is on sys.path when a script runs
+
 ARMS = {  # key: (engine family, weights)
     "llama.cpp-q8_0": ("llama.cpp", "q8_0"),
     "llama.cpp-q4_0": ("llama.cpp", "q4_0"),
@@ -36,16 +38,7 @@ NOTES_DIR = Path(__file__).resolve().parents[1] / "src" / "tutorlm" / "assets" /
 LONG_QUESTION = "Explain Newton's three laws of motion, each with an everyday example."
 """Answered at length by the demo's M2 in every arm (a worked equation gets "The answer
 is 1." from it, too short to time decoding)."""
-SHORT_QUESTIONS = [
-    "What does the derivative of a function measure?",
-    "State Newton's second law and explain it with an example.",
-    "What is the difference between mitosis and meiosis?",
-    "How does gradient descent update the weights of a model?",
-    "Why is momentum conserved in a collision?",
-    "What is a covalent bond?",
-    "What does the chain rule say?",
-    "How does binary search work, and what is its running time?",
-]
+SHORT_QUESTIONS = QUESTIONS  # the serving load benchmark's eight short questions
 NOTES_QUESTIONS = [
     "How does natural selection change a population over generations?",
     "What is the difference between an ionic and a covalent bond?",
