@@ -21,8 +21,11 @@ class _Answer(Reply):
     """One prompt's greedy answer: its tokens until the end token, a stop string or
     its budget."""
 
-    def __init__(self, prompt_ids: list[int], budget: int, end_id: int | None, stop_check):
+    def __init__(
+        self, index: int, prompt_ids: list[int], budget: int, end_id: int | None, stop_check
+    ):
         super().__init__(prompt_ids)
+        self.index = index
         self.budget, self.end_id, self.stop_check = budget, end_id, stop_check
         self.tokens: list[int] = []
         self.done = False
@@ -79,15 +82,14 @@ class SteppedGreedy:
         self.decoder.reserve(self.slots, longest)
         scheduler = Scheduler(self.decoder)
         answers = [
-            _Answer(list(ids), min(budget, scheduler.room(ids)), end_id, stop_check)
-            for ids, budget in zip(encoded, budgets, strict=True)
+            _Answer(i, list(ids), min(budget, scheduler.room(ids)), end_id, stop_check)
+            for i, (ids, budget) in enumerate(zip(encoded, budgets, strict=True))
         ]
-        index = {id(answer): i for i, answer in enumerate(answers)}
         waiting = list(reversed(answers))
         while waiting or scheduler.replies:
             while waiting and scheduler.has_room:
                 scheduler.add(waiting.pop())
             for answer in scheduler.step():
                 if on_done is not None:
-                    on_done(index[id(answer)])
+                    on_done(answer.index)
         return [answer.tokens for answer in answers]

@@ -129,10 +129,11 @@ class _Projection:
     def __init__(self, module, keep_bf16: bool = False):
         self.bias = None if module.bias is None else module.bias.detach()
         self.prompt_weight = None
-        """int4: a bf16 copy for prompt chunks (the int4 kernel is slow on many rows)."""
-        if keep_bf16 and hasattr(module, "keep_bf16_weight"):  # int8: prompts read faster
-            module.keep_bf16_weight()
-        elif keep_bf16 and _projection_kind(module) == "int4":
+        """Packed layers: the bf16 weight prompt chunks (more than ``DECODE_MAX_ROWS``
+        rows) are multiplied by. int8: the very weight the layer expands for such rows
+        on every call, kept; int4: the kernel's own values in bf16 (its kernel is slow
+        on many rows)."""
+        if keep_bf16 and _projection_kind(module) in ("int8", "int4"):
             self.prompt_weight = module.dequantized()
         if hasattr(module, "matmul_bf16"):  # packed int8 / int4
             self.input_dtype, self.matmul = torch.bfloat16, module.matmul_bf16

@@ -121,8 +121,6 @@ class PackedInt8Linear(nn.Module):
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features, dtype=torch.bfloat16))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.bf16_weight: torch.Tensor | None = None
-        """The expanded weight when :meth:`keep_bf16_weight` was called (not saved)."""
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> PackedInt8Linear:
@@ -135,16 +133,7 @@ class PackedInt8Linear(nn.Module):
 
     def dequantized(self) -> torch.Tensor:
         """The weight the layer computes with, as bf16 (N, K)."""
-        if self.bf16_weight is not None:
-            return self.bf16_weight
         return self.qweight.to(torch.bfloat16) * self.scale[:, None]
-
-    def keep_bf16_weight(self) -> None:
-        """Keep the bf16 weight that matmuls above ``KERNEL_MAX_ROWS`` rows use, instead
-        of expanding it on every call (prompt reading, scoring): the same values, 2
-        more bytes per weight held, and a long prompt read ~2x faster."""
-        self.bf16_weight = None
-        self.bf16_weight = self.dequantized()
 
     def matmul_bf16(self, rows: torch.Tensor) -> torch.Tensor:
         """``rows W^T`` for bf16 ``rows`` (M, K): bf16 (M, N), no bias. The whole

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from tutorlm.decoder import Reply, Scheduler, StepDecoder
+from tutorlm.decoder import unsupported_reason as unsupported_reason  # engines.py asks it
 from tutorlm.serve.engine import (
     EngineBusy,
     EngineError,
@@ -38,13 +39,6 @@ from tutorlm.serve.engine import (
 from tutorlm.serve.text import IncrementalText
 
 logger = logging.getLogger(__name__)
-
-
-def unsupported_reason(model) -> str | None:
-    """Why the stepped engine cannot serve ``model`` (None when it can)."""
-    from tutorlm.decoder import unsupported_reason as decoder_reason
-
-    return decoder_reason(model)
 
 
 class _Flight(Reply):
